@@ -1,0 +1,150 @@
+"""Model configuration: one frozen dataclass and its named presets.
+
+Shapes of the paper's base models follow ../shared/paper-notes.md; `small` is the
+CPU default (~10M parameters) and `tiny` is for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ("einsum", "chunked")
+REMAT_POLICIES = ("none", "dots", "full")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """llama3-style RoPE frequency scaling (HF `rope_type: llama3`)."""
+
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shapes and numerics of a two-stream LLaMA decoder.
+
+  `head_dim` may differ from d_model // num_heads (as in some LLaMA variants).
+  `query_init_scale` is the std of the learned query-stream start vector: the
+  authors use 1.0, which is large next to LLaMA embeddings, so we default smaller.
+  """
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  max_seq_len: int = 2048
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_eps: float = 1e-5
+  tie_embeddings: bool = False
+  dtype: str = "float32"  # activations / compute
+  param_dtype: str = "float32"
+  query_init_scale: float = 0.02
+  init_std: float = 0.02
+  attention: str = "einsum"
+  attention_chunk: int = 512  # key/query tile for attention="chunked"
+  remat: str = "none"
+
+  def __post_init__(self):
+    problems = []
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_heads % max(self.num_kv_heads, 1):
+      problems.append(f"num_heads ({self.num_heads}) must be a multiple of "
+                      f"num_kv_heads ({self.num_kv_heads})")
+    if self.head_dim % 2:
+      problems.append(f"head_dim must be even for RoPE, got {self.head_dim}")
+    if self.attention not in ATTENTION_IMPLS:
+      problems.append(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+    if self.remat not in REMAT_POLICIES:
+      problems.append(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        problems.append(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    if problems:
+      raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown ModelConfig fields: {unknown}")
+    d = dict(d)
+    if d.get("rope_scaling") is not None:
+      d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    return cls(**d)
+
+  @classmethod
+  def from_json(cls, text: str) -> "ModelConfig":
+    return cls.from_dict(json.loads(text))
+
+
+_LLAMA3_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0,
+                              high_freq_factor=4.0, original_max_position=8192)
+_LLAMA31_SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0,
+                               high_freq_factor=4.0, original_max_position=8192)
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=16, mlp_dim=128, max_seq_len=256),
+    "small": ModelConfig(vocab_size=8192, d_model=256, num_layers=6, num_heads=8,
+                         num_kv_heads=4, head_dim=32, mlp_dim=768, max_seq_len=1024,
+                         tie_embeddings=True),
+    "smollm2-135m": ModelConfig(vocab_size=49152, d_model=576, num_layers=30,
+                                num_heads=9, num_kv_heads=3, head_dim=64, mlp_dim=1536,
+                                max_seq_len=8192, rope_theta=100000.0,
+                                tie_embeddings=True),
+    "llama3.2-1b": ModelConfig(vocab_size=128256, d_model=2048, num_layers=16,
+                               num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=8192,
+                               max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling=_LLAMA3_SCALING, tie_embeddings=True,
+                               dtype="bfloat16"),
+    "llama3.2-3b": ModelConfig(vocab_size=128256, d_model=3072, num_layers=28,
+                               num_heads=24, num_kv_heads=8, head_dim=128, mlp_dim=8192,
+                               max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling=_LLAMA3_SCALING, tie_embeddings=True,
+                               dtype="bfloat16"),
+    "llama3.1-8b": ModelConfig(vocab_size=128256, d_model=4096, num_layers=32,
+                               num_heads=32, num_kv_heads=8, head_dim=128, mlp_dim=14336,
+                               max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling=_LLAMA31_SCALING, tie_embeddings=False,
+                               dtype="bfloat16"),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+  """Returns a named preset, optionally with fields replaced."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

@@ -1,0 +1,208 @@
+"""The A3 two-stream LLaMA decoder (Flax linen).
+
+Two streams run through the same standard pre-norm LLaMA blocks with shared
+weights (design.md §1):
+  content stream h: token embeddings; row i sees keys with group <= group(i).
+  query stream g:   one learned start vector; row i sees keys with group < group(i).
+Keys and values come from the content stream only; RoPE uses original positions.
+
+One general entry point, `A3LM.forward`, takes content rows and query rows
+separately and optionally a KV cache of earlier content, so that training
+(both streams over the same T positions), the causal baseline (content only) and
+cached decoding (new content rows + query rows against the cache) are one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from a3_jax import attention
+from a3_jax.config import ModelConfig
+from a3_jax.layers import MLP, Projections, RMSNorm, _param, apply_rope, rope_inv_freq
+
+_ACT = ("act_batch", "act_length", "act_embed")
+_ACT_HEADS = ("act_batch", "act_length", "act_heads", None)
+
+
+class Rows(NamedTuple):
+  """Per-row attention metadata of one stream's rows ([B, T] int32 each).
+
+  limit: the largest key group the row may see (content: its group; query: group-1).
+  seg:   segment id (document within a packed row); 0 = padding.
+  pos:   original position, for RoPE.
+  """
+
+  limit: jax.Array
+  seg: jax.Array
+  pos: jax.Array
+
+
+class KVCache(NamedTuple):
+  """Committed content keys/values, RoPE already applied, in commit order.
+
+  k, v: [L, B, C, K, H]; group, seg: [B, C] (seg 0 = empty slot, never visible).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  group: jax.Array
+  seg: jax.Array
+
+
+class DecoderLayer(nn.Module):
+  """Standard LLaMA block applied to both streams: x += attn(norm1 x); x += mlp(norm2 x)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, carry, cache_kv, content: Rows, query: Rows | None,
+               cache_group, cache_seg):
+    cfg = self.config
+    h_BxTxD, g_BxQxD = carry
+    attn_norm, mlp_norm = RMSNorm(cfg, name="attn_norm"), RMSNorm(cfg, name="mlp_norm")
+    proj, mlp = Projections(cfg, name="attn"), MLP(cfg, name="mlp")
+    inv_freq = rope_inv_freq(cfg)
+
+    hn = attn_norm(h_BxTxD)
+    k_BxTxKxH, v_BxTxKxH = proj.key_value(hn)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, content.pos, inv_freq)
+    q_BxRxNxH = apply_rope(proj.query(hn), content.pos, inv_freq)
+    limit, seg = content.limit, content.seg
+    if g_BxQxD is not None:  # stack both streams' queries against one K/V
+      q_g = apply_rope(proj.query(attn_norm(g_BxQxD)), query.pos, inv_freq)
+      q_BxRxNxH = jnp.concatenate([q_BxRxNxH, q_g], axis=1)
+      limit = jnp.concatenate([limit, query.limit], axis=1)
+      seg = jnp.concatenate([seg, query.seg], axis=1)
+    q_BxRxNxH = nn.with_logical_constraint(q_BxRxNxH, _ACT_HEADS)
+
+    # Keys: cached content (earlier groups) followed by this call's content rows,
+    # whose key group is their own group = their content limit.
+    keys, values = k_BxTxKxH, v_BxTxKxH
+    key_group, key_seg = content.limit, content.seg
+    if cache_kv is not None:
+      keys = jnp.concatenate([cache_kv[0].astype(keys.dtype), keys], axis=1)
+      values = jnp.concatenate([cache_kv[1].astype(values.dtype), values], axis=1)
+      key_group = jnp.concatenate([cache_group, key_group], axis=1)
+      key_seg = jnp.concatenate([cache_seg, key_seg], axis=1)
+
+    out_BxRxNxH = attention.attend(cfg.attention, q_BxRxNxH, keys, values, limit, seg,
+                                   key_group, key_seg, chunk=cfg.attention_chunk)
+    out_BxRxD = nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
+    t = h_BxTxD.shape[1]
+    h_BxTxD = h_BxTxD + out_BxRxD[:, :t]
+    h_BxTxD = h_BxTxD + mlp(mlp_norm(h_BxTxD))
+    h_BxTxD = nn.with_logical_constraint(h_BxTxD, _ACT)
+    if g_BxQxD is not None:
+      g_BxQxD = g_BxQxD + out_BxRxD[:, t:]
+      g_BxQxD = g_BxQxD + mlp(mlp_norm(g_BxQxD))
+      g_BxQxD = nn.with_logical_constraint(g_BxQxD, _ACT)
+    return (h_BxTxD, g_BxQxD), (k_BxTxKxH, v_BxTxKxH)
+
+
+def _remat(layer_cls, policy: str):
+  if policy == "none":
+    return layer_cls
+  policies = {"full": jax.checkpoint_policies.nothing_saveable,
+              "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+  return nn.remat(layer_cls, prevent_cse=False, policy=policies[policy])
+
+
+class A3LM(nn.Module):
+  """Embeddings, the scanned stack of decoder layers, final norm and LM head.
+
+  Parameters: embed [V, D]; query_embed [D]; layers/* with a leading [L] axis;
+  final_norm/scale [D]; lm_head [D, V] unless tie_embeddings.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                        cfg.init_std, cfg.weight_dtype)
+    self.query_embed = _param(self, "query_embed", (cfg.d_model,), ("embed",),
+                              cfg.query_init_scale, cfg.weight_dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size),
+                            ("embed", "vocab"), cfg.init_std, cfg.weight_dtype)
+    self.layers = nn.scan(
+        _remat(DecoderLayer, cfg.remat),
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="layers")
+    self.final_norm = RMSNorm(cfg, name="final_norm")
+
+  def forward(self, tokens_BxT, content: Rows, query: Rows | None = None,
+              cache: KVCache | None = None):
+    """Runs content rows (with tokens) and query rows through every layer.
+
+    Returns (content hidden [B,T,D], query hidden [B,Q,D] or None, new K/V
+    (k, v) each [L,B,T,K,H]); hidden states are final-normed.
+    """
+    cfg = self.config
+    h = jnp.take(self.embed, tokens_BxT, axis=0).astype(cfg.compute_dtype)
+    h = nn.with_logical_constraint(h, _ACT)
+    g = None
+    if query is not None:
+      g = jnp.broadcast_to(self.query_embed.astype(cfg.compute_dtype),
+                           query.pos.shape + (cfg.d_model,))
+    cache_kv = None if cache is None else (cache.k, cache.v)
+    cache_group = None if cache is None else cache.group
+    cache_seg = None if cache is None else cache.seg
+    (h, g), kv = self.layers((h, g), cache_kv, content, query, cache_group, cache_seg)
+    h = self.final_norm(h)
+    g = None if g is None else self.final_norm(g)
+    return h, g, kv
+
+  def logits(self, hidden_BxTxD):
+    """LM head: [B,T,D] -> fp32 [B,T,V]."""
+    cfg = self.config
+    w_DxV = self.embed.T if cfg.tie_embeddings else self.lm_head
+    logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD, w_DxV.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+
+  def __call__(self, tokens_BxT, groups_BxT, segment_ids_BxT=None, positions_BxT=None,
+               *, streams: str = "both"):
+    """Teacher-forced pass over one grouping.
+
+    tokens, groups: [B, T] ints; segment_ids [B, T] (0 = padding; default all 1);
+    positions [B, T] (default arange). streams='both' returns query-stream logits
+    (and content-stream logits); 'content' runs the content stream alone.
+    Returns a dict of fp32 [B, T, V] logits: 'query' (if run) and 'content'.
+    """
+    content, query = stream_rows(groups_BxT, segment_ids_BxT, positions_BxT)
+    if streams not in ("both", "content"):
+      raise ValueError(f"streams must be 'both' or 'content', got {streams!r}")
+    h, g, _ = self.forward(tokens_BxT, content, query if streams == "both" else None)
+    out = {"content": self.logits(h)}
+    if g is not None:
+      out["query"] = self.logits(g)
+    return out
+
+
+def stream_rows(groups_BxT, segment_ids_BxT=None, positions_BxT=None):
+  """Content and query Rows for a teacher-forced pass over one grouping."""
+  groups_BxT = jnp.asarray(groups_BxT, jnp.int32)
+  b, t = groups_BxT.shape
+  if segment_ids_BxT is None:
+    segment_ids_BxT = jnp.ones((b, t), jnp.int32)
+  if positions_BxT is None:
+    positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  seg = jnp.asarray(segment_ids_BxT, jnp.int32)
+  pos = jnp.asarray(positions_BxT, jnp.int32)
+  return Rows(groups_BxT, seg, pos), Rows(groups_BxT - 1, seg, pos)
+
+
+def init_params(config: ModelConfig, key: jax.Array, batch: int = 1, length: int = 8) -> Any:
+  """Boxed (logically partitioned) parameters of A3LM."""
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  groups = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  return A3LM(config).init(key, tokens, groups)
