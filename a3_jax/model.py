@@ -178,14 +178,42 @@ class A3LM(nn.Module):
     (and content-stream logits); 'content' runs the content stream alone.
     Returns a dict of fp32 [B, T, V] logits: 'query' (if run) and 'content'.
     """
-    content, query = stream_rows(groups_BxT, segment_ids_BxT, positions_BxT)
     if streams not in ("both", "content"):
       raise ValueError(f"streams must be 'both' or 'content', got {streams!r}")
+    validate_inputs(self.config, tokens_BxT, groups_BxT, segment_ids_BxT, positions_BxT)
+    content, query = stream_rows(groups_BxT, segment_ids_BxT, positions_BxT)
     h, g, _ = self.forward(tokens_BxT, content, query if streams == "both" else None)
     out = {"content": self.logits(h)}
     if g is not None:
       out["query"] = self.logits(g)
     return out
+
+
+def validate_inputs(config: ModelConfig, tokens_BxT, groups_BxT, segment_ids_BxT=None,
+                    positions_BxT=None) -> None:
+  """Raises ValueError for inputs a user can get wrong: shapes, dtypes, and (when
+  the values are concrete, i.e. outside jit) token ids and positions out of range."""
+  tokens_shape = getattr(tokens_BxT, "shape", None)
+  if tokens_shape is None or len(tokens_shape) != 2:
+    raise ValueError(f"tokens must be a [batch, length] array, got shape {tokens_shape}")
+  named = {"tokens": tokens_BxT, "group ids": groups_BxT, "segment ids": segment_ids_BxT,
+           "positions": positions_BxT}
+  for name, arr in named.items():
+    if arr is None:
+      continue
+    if getattr(arr, "shape", None) != tokens_shape:
+      raise ValueError(f"{name} have shape {getattr(arr, 'shape', None)}, expected the "
+                       f"token shape {tokens_shape}")
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+      raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+  if not isinstance(tokens_BxT, jax.core.Tracer) and tokens_BxT.size:
+    lo, hi = int(jnp.min(tokens_BxT)), int(jnp.max(tokens_BxT))
+    if lo < 0 or hi >= config.vocab_size:
+      raise ValueError(f"token ids must lie in [0, {config.vocab_size}), got range "
+                       f"[{lo}, {hi}]")
+  if (positions_BxT is not None and not isinstance(positions_BxT, jax.core.Tracer)
+      and positions_BxT.size and int(jnp.min(positions_BxT)) < 0):
+    raise ValueError("positions must be >= 0")
 
 
 def stream_rows(groups_BxT, segment_ids_BxT=None, positions_BxT=None):

@@ -1,0 +1,156 @@
+"""Pretrained weights in: `hf:DIR`, `gguf:FILE` or an a3_jax export DIR.
+
+Every param leaf is built with `jax.make_array_from_callback`, whose callback
+reads (and dequantizes, transposes, unpermutes) only the slice that one device
+holds, so a sharded model is never whole on one device, nor in host memory.
+
+    config = read_config("hf:/ckpt/Llama-3.2-1B")      # cheap: build mesh/shardings from it
+    params, config, tokenizer = load_pretrained("hf:/ckpt/Llama-3.2-1B", mesh=mesh)
+
+A checkpoint without a query-stream vector (any AR LLaMA) gets a small random
+one (`hf_params.initial_query_embed`); one exported by a3_jax keeps its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax.linen import meta
+
+from a3_jax import export
+from a3_jax.config import ModelConfig
+from a3_jax.convert import hf_params
+from a3_jax.convert.tokenizer import load_tokenizer
+from a3_jax.model import init_params
+
+_KINDS = ("hf", "gguf")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+  """'hf:DIR' | 'gguf:FILE' | 'DIR' (an export) -> (kind, path)."""
+  kind, sep, path = spec.partition(":")
+  if sep and kind in _KINDS:
+    if not path:
+      raise ValueError(f"checkpoint spec {spec!r} names no path")
+    return kind, path
+  return "export", spec
+
+
+def open_checkpoint(spec: str):
+  """The HFDir or GGUFFile behind an 'hf:' or 'gguf:' spec."""
+  kind, path = parse_spec(spec)
+  if kind == "hf":
+    from a3_jax.convert.hf_dir import HFDir
+    return HFDir(path)
+  if kind == "gguf":
+    from a3_jax.convert.gguf_file import GGUFFile
+    return GGUFFile(path)
+  raise ValueError(f"{spec!r} is not an 'hf:DIR' or 'gguf:FILE' checkpoint spec")
+
+
+def _export_config(path: str) -> ModelConfig:
+  try:
+    return export.load_config(path)
+  except ValueError as e:
+    raise ValueError(f"{e} (for a Hugging Face directory or GGUF file, write hf:{path} "
+                     f"or gguf:{path})") from None
+
+
+def read_config(spec: str, param_dtype: str | None = None) -> ModelConfig:
+  """The ModelConfig of a checkpoint, without reading its weights."""
+  overrides = {} if param_dtype is None else {"param_dtype": param_dtype}
+  if parse_spec(spec)[0] == "export":
+    return _export_config(parse_spec(spec)[1]).replace(**overrides)
+  return hf_params.config_from_hf(open_checkpoint(spec).hf_config, **overrides)
+
+
+def default_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Param shardings: the logical rules of a3_jax.sharding on `mesh`, or the default device."""
+  abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  if mesh is not None:
+    from a3_jax.sharding import param_shardings
+    return param_shardings(abstract, mesh)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda _: device, meta.unbox(abstract))
+
+
+def _check_structure(shardings: Any, config: ModelConfig) -> None:
+  expected = jax.tree.structure(meta.unbox(jax.eval_shape(
+      lambda: init_params(config, jax.random.key(0)))))
+  got = jax.tree.structure(shardings)
+  if got != expected:
+    raise ValueError(f"shardings do not match the params of this config: got {got}, "
+                     f"expected {expected}")
+
+
+def _sharded_leaf(shape, sharding, dtype, read_slice) -> jax.Array:
+  """One global array; `read_slice(index)` is called once per distinct shard."""
+  cache: dict[tuple, np.ndarray] = {}
+
+  def callback(index):
+    key = tuple((s.start, s.stop) for s in index)
+    if key not in cache:
+      cache[key] = read_slice(index)
+    return cache[key]
+
+  return jax.make_array_from_callback(tuple(shape), sharding, callback, dtype=dtype)
+
+
+def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
+  dtype = np.dtype(config.weight_dtype)
+  params: dict[str, Any] = {}
+  for path, leaf in hf_params.hf_leaves(config).items():
+    sharding = shardings["params"]
+    node = params
+    for key in path[:-1]:
+      node, sharding = node.setdefault(key, {}), sharding[key]
+    node[path[-1]] = _sharded_leaf(
+        leaf.shape, sharding[path[-1]], dtype,
+        lambda index, leaf=leaf: hf_params.read_leaf(leaf, index, source.read, dtype))
+  name = hf_params.QUERY_EMBED_NAME
+  if source.shape(name) is not None:
+    query_embed = source.read(name, (slice(None),) * len(source.shape(name))).reshape(-1)
+  else:
+    query_embed = hf_params.initial_query_embed(config)
+  if query_embed.shape != (config.d_model,):
+    raise ValueError(f"tensor {name!r} has {query_embed.size} values, "
+                     f"config expects {config.d_model}")
+  params["query_embed"] = _sharded_leaf(
+      (config.d_model,), shardings["params"]["query_embed"], dtype,
+      lambda index: np.asarray(query_embed[index], dtype))
+  return {"params": params}
+
+
+def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings: Any = None,
+                    param_dtype: str | None = None) -> tuple[Any, ModelConfig, Any]:
+  """(params, config, tokenizer) of 'hf:DIR', 'gguf:FILE' or an export DIR.
+
+  shardings: a pytree of Shardings matching the unboxed params ({'params': ...});
+  without it, the rules of a3_jax.sharding on `mesh`, or the default device.
+  param_dtype: the dtype to hold weights in (default: float32; exports keep theirs).
+  The tokenizer follows the interface in a3_jax.convert.tokenizer (None if an
+  export has none).
+  """
+  kind, path = parse_spec(spec)
+  if kind == "export":
+    config = read_config(spec)
+    if shardings is None and mesh is not None:
+      shardings = default_shardings(config, mesh)
+    if shardings is not None:
+      _check_structure(shardings, config)
+    params, config, tokenizer_path = export.load_export(path, shardings)
+    if param_dtype is not None and param_dtype != config.param_dtype:
+      config = config.replace(param_dtype=param_dtype)
+      params = jax.tree.map(lambda x: x.astype(config.weight_dtype), params)
+    return params, config, (None if tokenizer_path is None else load_tokenizer(tokenizer_path))
+  source = open_checkpoint(spec)
+  overrides = {} if param_dtype is None else {"param_dtype": param_dtype}
+  config = hf_params.config_from_hf(source.hf_config, **overrides)
+  hf_params.check_shapes(source.shape, config)
+  tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
+  if shardings is None:
+    shardings = default_shardings(config, mesh)
+  _check_structure(shardings, config)
+  return _load_source(source, config, shardings), config, tokenizer

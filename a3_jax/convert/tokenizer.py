@@ -1,0 +1,110 @@
+"""Tokenizers that come with pretrained checkpoints.
+
+Every tokenizer in a3_jax offers the same small interface:
+  encode(text) -> list[int]   no BOS/EOS added
+  decode(ids) -> str          special tokens dropped
+  bos_id, eos_id, pad_id      int, or None when the tokenizer has none
+  vocab_size                  int (may be smaller than the model's embedding table)
+
+A sentencepiece `tokenizer.model` is self-contained. A `tokenizer.json` (the
+`tokenizers` library's format, used by LLaMA 3 and SmolLM2) does not say which
+tokens are BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
+`tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`), which
+`JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import tokenizers
+
+SIDECAR = "tokenizer_config.json"
+_ROLES = ("bos", "eos", "pad")
+
+
+def _token_text(value) -> str | None:
+  """HF writes special tokens as strings or as AddedToken dicts."""
+  if isinstance(value, dict):
+    return value.get("content")
+  return value if isinstance(value, str) else None
+
+
+class JsonTokenizer:
+  """A `tokenizers.Tokenizer` with its special token ids."""
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, bos_id: int | None = None,
+               eos_id: int | None = None, pad_id: int | None = None):
+    self.tokenizer = tokenizer
+    self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+
+  @classmethod
+  def from_file(cls, path: str, fallback_ids: Mapping[str, int | None] | None = None):
+    """Reads tokenizer.json and the special tokens named in a sibling tokenizer_config.json.
+
+    `fallback_ids` ({'bos': id, ...}) fills roles the sidecar does not name.
+    """
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # the library raises a bare Exception on bad JSON
+      raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from None
+    ids = dict(fallback_ids or {})
+    sidecar = os.path.join(os.path.dirname(path), SIDECAR)
+    if os.path.isfile(sidecar):
+      with open(sidecar) as f:
+        special = json.load(f)
+      for role in _ROLES:
+        text = _token_text(special.get(f"{role}_token"))
+        if text is not None and tok.token_to_id(text) is not None:
+          ids[role] = tok.token_to_id(text)
+    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"))
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def save(self, directory: str) -> str:
+    """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""
+    path = os.path.join(directory, "tokenizer.json")
+    self.tokenizer.save(path)
+    special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
+               for role in _ROLES if getattr(self, f"{role}_id") is not None}
+    with open(os.path.join(directory, SIDECAR), "w") as f:
+      json.dump(special, f, indent=2)
+    return path
+
+
+def _first_id(value) -> int | None:
+  if isinstance(value, list):
+    return value[0] if value else None
+  return value
+
+
+def load_tokenizer(path: str, fallback_ids: Mapping[str, int | None] | None = None):
+  """The tokenizer in a `tokenizer.json` or sentencepiece `.model` file."""
+  if path.endswith(".json"):
+    return JsonTokenizer.from_file(path, fallback_ids)
+  from a3_jax.data.tokenizer import Tokenizer  # sentencepiece; the data layer owns it
+  return Tokenizer(path)
+
+
+def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
+  """The tokenizer of an HF checkpoint directory: tokenizer.model if present, else tokenizer.json.
+
+  Special ids missing from tokenizer_config.json come from config.json.
+  """
+  for name in ("tokenizer.model", "tokenizer.json"):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      fallback = {role: _first_id(hf_config.get(f"{role}_token_id")) for role in _ROLES}
+      return load_tokenizer(path, fallback)
+  raise ValueError(f"no tokenizer.model or tokenizer.json in {directory}: "
+                   "the tokenizer must come with the checkpoint")

@@ -1,0 +1,221 @@
+"""The decoding loop shared by group decoding and dynamic resampling.
+
+A decoder is a `Policy`: which blanks to query at each step (`candidates`) and
+which of them to commit (`choose`). Each step the loop gets the candidates'
+query-stream logits, samples the chosen ones (keys from (seed, row id, step,
+position)), commits them with group id = step, and retires a row once its
+blanks are filled or it holds EOS with every earlier position filled.
+
+The form says how logits are computed:
+  cached     prefill of the known tokens, then one fused call per step: content
+             rows of the previous step's commits + query rows of the candidates,
+             against a KV cache (design.md §3); 2k rows per step, not 2T.
+  uncached   the whole content stream re-run every step, committed tokens grouped
+             by commit step: the same function as `cached`, its reference.
+  recompute  the authors' form: re-run every step with all committed tokens in
+             one group. Its samples come from other conditionals than the A3
+             factorisation; the returned log-prob is recomputed under the
+             commit-step grouping by one teacher-forced pass.
+
+Output (`DecodeResult`): the tokens, the group of every position (0 known,
+t >= 1 committed at step t, -1 never committed), the exact log-probability of
+the committed tokens under that grouping, and the text length (one past the
+first generated EOS of a row that stopped on it, else T). Positions after an
+EOS that were committed in the step a row stops are taken back (same-group
+tokens are conditionally independent, so this is exact); positions after EOS
+committed earlier stay in the sample, because later tokens were conditioned on
+them, and lie past `length`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from a3_jax import kv_cache, sampling
+from a3_jax.config import ModelConfig
+from a3_jax.loss import token_logprobs
+from a3_jax.model import A3LM, KVCache, Rows
+
+FORMS = ("cached", "uncached", "recompute")
+
+
+class DecodeResult(NamedTuple):
+  """tokens, groups [B, T] int32; logprob [B] float32; length [B] int32."""
+
+  tokens: jax.Array
+  groups: jax.Array
+  logprob: jax.Array
+  length: jax.Array
+
+
+class Policy(NamedTuple):
+  """How a decoder picks positions. Q = num_query candidates, R = num_commit.
+
+  candidates(groups_BxT, done_B) -> (idx_BxQ positions, ok_BxQ)
+  choose(logp_BxQxV, idx_BxQ, ok_BxQ, step) -> (slot_BxR indices into Q, take_BxR)
+  """
+
+  num_query: int
+  num_commit: int
+  candidates: Callable
+  choose: Callable
+
+
+class _State(NamedTuple):
+  step: jax.Array     # scalar: the step about to run; its commits get this group id
+  tokens: jax.Array   # [B, T]; uncommitted positions hold pad_id
+  groups: jax.Array   # [B, T]
+  logprob: jax.Array  # [B]
+  done: jax.Array     # [B]
+  length: jax.Array   # [B]
+  cache: KVCache | None
+  fill: jax.Array     # [B] cache slots in use
+  pend_idx: jax.Array  # [B, R] positions committed last step (content rows to run)
+  pend_ok: jax.Array   # [B, R]
+
+
+def check_form(form: str) -> None:
+  if form not in FORMS:
+    raise ValueError(f"unknown decoding form {form!r}; choose one of {FORMS}")
+
+
+def check_tokens(config: ModelConfig, tokens: np.ndarray, known: np.ndarray,
+                 row_ids) -> np.ndarray:
+  """Validates [B, T] tokens (known positions in the vocabulary); returns row ids [B]."""
+  if tokens.ndim != 2 or tokens.shape[1] < 1:
+    raise ValueError(f"tokens must be a [batch, length] array, got shape {tokens.shape}")
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+  if tokens.shape[1] > config.max_seq_len:
+    raise ValueError(f"sequence of {tokens.shape[1]} positions is longer than the model's "
+                     f"maximum of {config.max_seq_len}")
+  bad = known & ((tokens < 0) | (tokens >= config.vocab_size))
+  if bad.any():
+    raise ValueError(f"known token {int(tokens[bad][0])} is outside the vocabulary "
+                     f"[0, {config.vocab_size})")
+  rows = np.arange(tokens.shape[0]) if row_ids is None else np.asarray(row_ids)
+  if rows.shape != (tokens.shape[0],) or not np.issubdtype(rows.dtype, np.integer):
+    raise ValueError(f"row_ids must be {tokens.shape[0]} integers, got {rows!r}")
+  return rows.astype(np.int32)
+
+
+def sequence_logprob(params, config: ModelConfig, tokens_BxT, groups_BxT):
+  """Exact log p of the committed tokens under a grouping, one teacher-forced pass.
+
+  groups: 0 = known (conditioned on), t >= 1 = generated in group t, -1 = padding.
+  Returns [B] float32: the sum over generated positions of log p(x_i | x_{G<g_i}).
+  """
+  groups_BxT = jnp.asarray(groups_BxT, jnp.int32)
+  seg_BxT = (groups_BxT >= 0).astype(jnp.int32)
+  logits = A3LM(config).apply(params, tokens_BxT, jnp.maximum(groups_BxT, 0), seg_BxT)["query"]
+  lp_BxT = token_logprobs(logits, jnp.asarray(tokens_BxT, jnp.int32))
+  return jnp.sum(jnp.where(groups_BxT > 0, lp_BxT, 0.0), axis=1)
+
+
+def _scatter(x_BxT, pos_BxR, take_BxR, values):
+  b, t = x_BxT.shape
+  row_BxR = jnp.broadcast_to(jnp.arange(b)[:, None], pos_BxR.shape)
+  return x_BxT.at[row_BxR, jnp.where(take_BxR, pos_BxR, t)].set(values, mode="drop")
+
+
+def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B,
+        policy: Policy, *, form: str, sampler: sampling.SamplerConfig,
+        eos_id: int | None, pad_id: int) -> DecodeResult:
+  """Decodes every valid non-known position of every row (traceable; jit the caller)."""
+  model = A3LM(config)
+  b, t = tokens_BxT.shape
+  r = policy.num_commit
+  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  known_BxT = known_BxT & valid_BxT
+
+  def forward(tokens, content, query, cache):
+    _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward)
+    return model.apply(params, g, method=A3LM.logits), kv
+
+  def prefill(state, idx_BxQ, ok_BxQ):
+    content = Rows(jnp.zeros_like(pos_BxT), known_BxT.astype(jnp.int32), pos_BxT)
+    query = Rows(jnp.zeros_like(idx_BxQ), ok_BxQ.astype(jnp.int32), idx_BxQ)
+    logits, (k, v) = forward(state.tokens, content, query, None)
+    cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_BxT, 0)
+    return logits, state._replace(cache=cache, fill=fill)
+
+  def cached_step(state, idx_BxQ, ok_BxQ):
+    prev = state.step - 1  # the previous step's commits carry group id prev
+    content = Rows(jnp.full((b, r), prev), state.pend_ok.astype(jnp.int32), state.pend_idx)
+    query = Rows(jnp.full(idx_BxQ.shape, prev), ok_BxQ.astype(jnp.int32), idx_BxQ)
+    tokens_BxR = jnp.take_along_axis(state.tokens, state.pend_idx, axis=1)
+    logits, (k, v) = forward(tokens_BxR, content, query, state.cache)
+    cache, fill = kv_cache.append(state.cache, state.fill, k, v, state.pend_ok, prev)
+    return logits, state._replace(cache=cache, fill=fill)
+
+  def full_step(state, idx_BxQ, ok_BxQ):
+    committed = state.groups >= 0
+    exact = form == "uncached"
+    limit = jnp.where(committed & exact, state.groups, 0)
+    content = Rows(limit, committed.astype(jnp.int32), pos_BxT)
+    query_limit = state.step - 1 if exact else 0
+    query = Rows(jnp.full(idx_BxQ.shape, query_limit), ok_BxQ.astype(jnp.int32), idx_BxQ)
+    logits, _ = forward(state.tokens, content, query, None)
+    return logits, state
+
+  def step(state, logits_fn):
+    t_now = state.step
+    idx_BxQ, ok_BxQ = policy.candidates(state.groups, state.done)
+    ok_BxQ = ok_BxQ & ~state.done[:, None]
+    logits_BxQxV, state = logits_fn(state, idx_BxQ, ok_BxQ)
+    logp_BxQxV = jax.nn.log_softmax(logits_BxQxV, axis=-1)
+    slot_BxR, take_BxR = policy.choose(logp_BxQxV, idx_BxQ, ok_BxQ, t_now)
+    take_BxR = take_BxR & jnp.take_along_axis(ok_BxQ, slot_BxR, axis=1)
+    pos_BxR = jnp.take_along_axis(idx_BxQ, slot_BxR, axis=1)
+    chosen_BxRxV = jnp.take_along_axis(logits_BxQxV, slot_BxR[..., None], axis=1)
+    keys_BxR = sampling.position_keys(seed, row_ids_B, t_now, pos_BxR, sampling.SAMPLE_STREAM)
+    tok_BxR = sampling.sample(chosen_BxRxV, keys_BxR, sampler)
+    lp_BxR = jnp.take_along_axis(
+        jnp.take_along_axis(logp_BxQxV, slot_BxR[..., None], axis=1), tok_BxR[..., None],
+        axis=-1)[..., 0]
+
+    length = state.length
+    stop_B = jnp.zeros((b,), bool)
+    if eos_id is not None:
+      tokens1 = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
+      groups1 = _scatter(state.groups, pos_BxR, take_BxR, t_now)
+      is_eos = (groups1 > 0) & (tokens1 == eos_id)
+      e_B = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), t)
+      gap_before = jnp.any(valid_BxT & (groups1 < 0) & (pos_BxT < e_B[:, None]), axis=1)
+      stop_B = (e_B < t) & ~gap_before & ~state.done
+      take_BxR = take_BxR & ~(stop_B[:, None] & (pos_BxR > e_B[:, None]))
+      length = jnp.where(stop_B, e_B + 1, length)
+
+    tokens = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
+    groups = _scatter(state.groups, pos_BxR, take_BxR, t_now)
+    finished_B = ~jnp.any(valid_BxT & (groups < 0), axis=1)
+    return state._replace(
+        step=t_now + 1, tokens=tokens, groups=groups,
+        logprob=state.logprob + jnp.sum(jnp.where(take_BxR, lp_BxR, 0.0), axis=1),
+        done=state.done | stop_B | finished_B, length=length,
+        pend_idx=jnp.where(take_BxR, pos_BxR, 0), pend_ok=take_BxR)
+
+  cached = form == "cached"
+  state = _State(
+      step=jnp.asarray(1, jnp.int32),
+      tokens=jnp.where(known_BxT, tokens_BxT, pad_id).astype(jnp.int32),
+      groups=jnp.where(known_BxT, 0, -1).astype(jnp.int32),
+      logprob=jnp.zeros((b,), jnp.float32),
+      done=~jnp.any(valid_BxT & ~known_BxT, axis=1),
+      length=jnp.full((b,), t, jnp.int32),
+      cache=kv_cache.empty(config, b, t) if cached else None,
+      fill=jnp.zeros((b,), jnp.int32),
+      pend_idx=jnp.zeros((b, r), jnp.int32),
+      pend_ok=jnp.zeros((b, r), bool))
+  state = step(state, prefill if cached else full_step)
+  state = jax.lax.while_loop(
+      lambda s: ~jnp.all(s.done) & (s.step <= t),
+      lambda s: step(s, cached_step if cached else full_step), state)
+  logprob = state.logprob
+  if form == "recompute":
+    logprob = sequence_logprob(params, config, state.tokens, state.groups)
+  return DecodeResult(state.tokens, state.groups, logprob, state.length)

@@ -1,0 +1,102 @@
+"""The export format: what generation, evaluation and conversion read and write.
+
+An export directory holds
+  config.json      ModelConfig.to_json()
+  params/          orbax StandardCheckpointer of the unboxed param pytree
+  tokenizer.model  (or tokenizer.json) the tokenizer the model was trained with
+  EXPORT           a marker written last, so a half-written export is never loaded
+
+Writes go to a sibling temporary directory that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax.linen import meta
+
+from a3_jax.config import ModelConfig
+
+MARKER = "EXPORT"
+TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
+
+
+def save_export(out_dir: str, params: Any, config: ModelConfig,
+                tokenizer_path: str | None, dtype: str | None = None) -> str:
+  """Writes params (cast to `dtype` if given) + config + tokenizer to out_dir."""
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise ValueError(f"export directory {out_dir} exists and is not empty")
+  if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
+    raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
+  params = meta.unbox(params)
+  if dtype is not None:
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    config = config.replace(param_dtype=dtype)
+  tmp = out_dir + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config.to_json())
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), params)
+    if tokenizer_path is not None:
+      name = ("tokenizer.json" if tokenizer_path.endswith(".json") else "tokenizer.model")
+      shutil.copyfile(tokenizer_path, os.path.join(tmp, name))
+    open(os.path.join(tmp, MARKER), "w").close()
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def is_export(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, MARKER))
+
+
+def load_config(path: str) -> ModelConfig:
+  if not is_export(path):
+    raise ValueError(f"{path} is not an a3_jax export directory (no {MARKER} marker; "
+                     "make one with a3-export or a3-convert)")
+  with open(os.path.join(path, "config.json")) as f:
+    return ModelConfig.from_json(f.read())
+
+
+def tokenizer_file(path: str) -> str | None:
+  for name in TOKENIZER_NAMES:
+    candidate = os.path.join(path, name)
+    if os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str | None]:
+  """Returns (params, config, tokenizer path or None).
+
+  `shardings`: optional pytree of NamedShardings matching the params; each array
+  is then read straight into its sharding (never whole on one device).
+  """
+  config = load_config(path)
+  ckpt = os.path.join(os.path.abspath(path), "params")
+  with ocp.StandardCheckpointer() as ckptr:
+    meta_tree = ckptr.metadata(ckpt).item_metadata
+    shape_tree = jax.tree.map(lambda m: m.shape, meta_tree,
+                              is_leaf=lambda m: hasattr(m, "shape"))
+    dtype = config.weight_dtype
+    if shardings is None:
+      target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dtype), shape_tree,
+                            is_leaf=lambda s: isinstance(s, tuple))
+    else:
+      target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s, dtype, sharding=sh),
+                            shape_tree, shardings, is_leaf=lambda s: isinstance(s, tuple))
+    params = ckptr.restore(ckpt, target)
+  return params, config, tokenizer_file(path)

@@ -1,0 +1,195 @@
+"""Grouping strategies: which positions are generated together, and in which order.
+
+A strategy turns (key, segment ids, positions) into integer group ids [B, T].
+Every document (segment) gets its own grouping, computed from positions within
+the document, so packing never changes a document's grouping structure.
+
+  ar          one token per group, left to right        group = pos
+  block:k     contiguous blocks of k, left to right       group = pos // k
+  perm:k      a random order of the document cut into groups of k
+  mix:S=w,... each row draws one of the strategies S with probability ~ w
+
+A curriculum is a list of (strategy, steps); `stage_groups` selects the stage
+with `lax.switch` on a traced index, so changing stages never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """kind in {'ar', 'block', 'perm', 'mix'}; k for block/perm; parts for mix."""
+
+  kind: str
+  k: int = 1
+  parts: tuple[tuple["Strategy", float], ...] = ()
+
+  @property
+  def name(self) -> str:
+    if self.kind == "ar":
+      return "ar"
+    if self.kind == "mix":
+      return "mix:" + ",".join(f"{s.name}={w:g}" for s, w in self.parts)
+    return f"{self.kind}:{self.k}"
+
+
+def _parse_simple(spec: str) -> Strategy:
+  fields = spec.strip().split(":")
+  if fields == ["ar"]:
+    return Strategy("ar")
+  if len(fields) == 2 and fields[0] in ("block", "perm"):
+    try:
+      k = int(fields[1])
+    except ValueError:
+      k = 0
+    if k < 1:
+      raise ValueError(f"group size in {spec!r} must be a positive integer")
+    return Strategy(fields[0], k)
+  raise ValueError(f"unknown grouping strategy {spec!r}; expected 'ar', 'block:K', "
+                   "'perm:K' or 'mix:S1=W1,S2=W2'")
+
+
+def parse_strategy(spec: str) -> Strategy:
+  """Parses 'ar', 'block:4', 'perm:8' or 'mix:perm:8=0.5,block:8=0.5'."""
+  spec = spec.strip()
+  if not spec.startswith("mix:"):
+    return _parse_simple(spec)
+  parts = []
+  for item in spec[len("mix:"):].split(","):
+    name, sep, weight = item.rpartition("=")
+    try:
+      w = float(weight) if sep else -1.0
+    except ValueError:
+      w = -1.0
+    if w <= 0:
+      raise ValueError(f"mixture item {item!r} in {spec!r} needs a positive weight: "
+                       "write STRATEGY=WEIGHT")
+    strategy = _parse_simple(name)
+    parts.append((strategy, w))
+  return Strategy("mix", parts=tuple(parts))
+
+
+def _perm_groups(key, seg_BxT, k: int):
+  """Random order within each segment, cut into groups of k."""
+  b, t = seg_BxT.shape
+  idx_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  shuffled_BxT = jax.random.permutation(key, idx_BxT, axis=1, independent=True)
+
+  def one_row(order_T, seg_T):
+    # Stable sort by segment keeps the random order inside each segment.
+    order_T = order_T[jnp.argsort(seg_T[order_T], stable=True)]
+    seg_sorted_T = seg_T[order_T]
+    first_T = jnp.searchsorted(seg_sorted_T, seg_sorted_T, side="left")
+    rank_T = jnp.arange(t, dtype=jnp.int32) - first_T.astype(jnp.int32)
+    return jnp.zeros((t,), jnp.int32).at[order_T].set(rank_T // k)
+
+  return jax.vmap(one_row)(shuffled_BxT, seg_BxT)
+
+
+def sample_groups(strategy: Strategy, key, seg_BxT, pos_BxT):
+  """Group ids [B, T] int32 for one strategy (traceable; key may be unused)."""
+  pos_BxT = jnp.asarray(pos_BxT, jnp.int32)
+  if strategy.kind == "ar":
+    return pos_BxT
+  if strategy.kind == "block":
+    return pos_BxT // strategy.k
+  if strategy.kind == "perm":
+    return _perm_groups(key, jnp.asarray(seg_BxT, jnp.int32), strategy.k)
+  if strategy.kind == "mix":
+    choice_key, *part_keys = jax.random.split(key, len(strategy.parts) + 1)
+    weights = jnp.asarray([w for _, w in strategy.parts], jnp.float32)
+    pick_B = jax.random.categorical(choice_key, jnp.log(weights), shape=(pos_BxT.shape[0],))
+    out = jnp.zeros_like(pos_BxT)
+    for i, ((part, _), part_key) in enumerate(zip(strategy.parts, part_keys)):
+      out = jnp.where((pick_B == i)[:, None], sample_groups(part, part_key, seg_BxT, pos_BxT), out)
+    return out
+  raise ValueError(f"unknown strategy kind {strategy.kind!r}")
+
+
+_MIX_END = re.compile(r"=[^=:,]*:[0-9]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+  """Stages (strategy, steps) run in order; the last stage continues past its end."""
+
+  stages: tuple[tuple[Strategy, int], ...]
+
+  @property
+  def boundaries(self) -> np.ndarray:
+    """Step at which each stage after the first begins."""
+    return np.cumsum([steps for _, steps in self.stages])[:-1]
+
+  @property
+  def total_steps(self) -> int:
+    return int(sum(steps for _, steps in self.stages))
+
+  def stage_index(self, step):
+    """Index of the stage that `step` (int or traced) falls into."""
+    return jnp.searchsorted(jnp.asarray(self.boundaries, jnp.int32), step, side="right")
+
+  def stage_name(self, step: int) -> str:
+    return self.stages[int(np.searchsorted(self.boundaries, step, side="right"))][0].name
+
+
+def parse_curriculum(spec: str) -> Curriculum:
+  """Parses 'ar:300,block:2:200,perm:4:300' (STRATEGY:STEPS, comma separated).
+
+  A mixture stage lists its parts after 'mix:' and ends with the steps:
+  'mix:perm:8=0.5,block:8=0.5:400'.
+  """
+  items = [s.strip() for s in spec.split(",") if s.strip()]
+  if not items:
+    raise ValueError("curriculum is empty; expected e.g. 'ar:300,block:2:200,perm:4:300'")
+  stages = []
+  i = 0
+  while i < len(items):
+    text = items[i]
+    i += 1
+    if text.startswith("mix:"):  # a mixture's parts run up to the one ending '=W:STEPS'
+      while not _MIX_END.search(text) and i < len(items):
+        text += "," + items[i]
+        i += 1
+    strategy_spec, sep, steps_text = text.rpartition(":")
+    steps = int(steps_text) if sep and steps_text.isdigit() else 0
+    if steps < 1:
+      raise ValueError(f"curriculum stage {text!r} must end with ':STEPS' (a positive "
+                       f"integer), as in 'ar:300,block:2:200,perm:4:300'")
+    stages.append((parse_strategy(strategy_spec), steps))
+  return Curriculum(tuple(stages))
+
+
+def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT):
+  """Group ids of the given (traced) stage; one compiled program for all stages."""
+  branches = [lambda key, seg, pos, s=s: sample_groups(s, key, seg, pos)
+              for s, _ in curriculum.stages]
+  if len(branches) == 1:
+    return branches[0](key, seg_BxT, pos_BxT)
+  return jax.lax.switch(stage_index, branches, key, seg_BxT, pos_BxT)
+
+
+def validate_groups(groups_BxT, tokens_BxT) -> None:
+  """Raises ValueError unless groups are an integer array shaped like tokens."""
+  shape = getattr(groups_BxT, "shape", None)
+  if shape != getattr(tokens_BxT, "shape", None):
+    raise ValueError(f"group ids have shape {shape}, expected the token shape "
+                     f"{getattr(tokens_BxT, 'shape', None)}")
+  if not jnp.issubdtype(groups_BxT.dtype, jnp.integer):
+    raise ValueError(f"group ids must be integers, got dtype {groups_BxT.dtype}")
+
+
+def first_group_mask(groups_BxT, seg_BxT):
+  """True where a token's group is the smallest of its segment (nothing to condition on)."""
+  b, t = groups_BxT.shape
+  def row_min(g_T, s_T):
+    return jax.ops.segment_min(g_T, s_T, num_segments=t + 1)[s_T]
+  return groups_BxT == jax.vmap(row_min)(groups_BxT, seg_BxT)
+

@@ -1,0 +1,42 @@
+"""The decoding KV cache: committed content keys/values in commit order.
+
+Per row, slots [0, fill) hold the RoPE'd content K/V of committed tokens (known
+tokens first, then each step's commits), with the group id (commit step) of
+each slot; slots at or past fill have segment 0 and are invisible. Attention is
+a set operation over keys, so original positions live only in the rotation
+already applied to K.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from a3_jax.config import ModelConfig
+from a3_jax.model import KVCache
+
+
+def empty(config: ModelConfig, batch: int, slots: int) -> KVCache:
+  """A cache of `slots` empty slots per row: k, v [L, B, C, K, H]."""
+  shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+  zeros = jnp.zeros(shape, config.compute_dtype)
+  return KVCache(zeros, zeros, jnp.zeros((batch, slots), jnp.int32),
+                 jnp.zeros((batch, slots), jnp.int32))
+
+
+def append(cache: KVCache, fill_B, k_LxBxRxKxH, v_LxBxRxKxH, ok_BxR, group):
+  """Writes the rows with ok=True at slots [fill, fill + count) of each row.
+
+  Rows keep their order; rows with ok=False are dropped. `group` (scalar or [B])
+  is the group id the new slots get. Returns (cache, new fill [B]).
+  """
+  b, slots = cache.group.shape
+  rank_BxR = jnp.cumsum(ok_BxR, axis=1, dtype=jnp.int32) - 1
+  slot_BxR = jnp.where(ok_BxR, fill_B[:, None] + rank_BxR, slots)  # slots: dropped
+  row_BxR = jnp.broadcast_to(jnp.arange(b)[:, None], slot_BxR.shape)
+  group_BxR = jnp.broadcast_to(jnp.asarray(group, jnp.int32).reshape(-1, 1), slot_BxR.shape)
+  new = KVCache(
+      k=cache.k.at[:, row_BxR, slot_BxR].set(k_LxBxRxKxH.astype(cache.k.dtype), mode="drop"),
+      v=cache.v.at[:, row_BxR, slot_BxR].set(v_LxBxRxKxH.astype(cache.v.dtype), mode="drop"),
+      group=cache.group.at[row_BxR, slot_BxR].set(group_BxR, mode="drop"),
+      seg=cache.seg.at[row_BxR, slot_BxR].set(1, mode="drop"))
+  return new, fill_B + jnp.sum(ok_BxR, axis=1, dtype=jnp.int32)

@@ -1,0 +1,153 @@
+"""The one place that knows physical mesh axes.
+
+Model code names logical axes only; this module holds the closed vocabulary of
+logical names, the rules table mapping them to the mesh axes `data`, `fsdp`,
+`tensor`, mesh construction from a spec string, and the shardings of params,
+optimizer state and batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+PARAM_AXES = ("vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", "layers")
+ACTIVATION_AXES = ("act_batch", "act_length", "act_embed", "act_heads", "act_mlp",
+                   "act_vocab")
+
+# Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+RULES: tuple[tuple[str, Any], ...] = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def _check_rules(rules) -> None:
+  names = [name for name, _ in rules]
+  unknown = set(names) - set(PARAM_AXES) - set(ACTIVATION_AXES)
+  if unknown or len(names) != len(set(names)):
+    raise ValueError(f"logical rules name unknown or repeated axes: {sorted(unknown) or names}")
+  for name, target in rules:
+    for axis in (target if isinstance(target, tuple) else (target,)):
+      if axis is not None and axis not in MESH_AXES:
+        raise ValueError(f"rule {name!r} -> {axis!r}: not a mesh axis {MESH_AXES}")
+
+
+_check_rules(RULES)
+
+
+def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
+  """'data:2,fsdp:2,tensor:2' -> sizes of all three axes (missing ones are 1).
+
+  One axis may be -1: it takes the devices the others leave.
+  """
+  sizes = {axis: 1 for axis in MESH_AXES}
+  seen, rest = set(), None
+  for item in [s for s in spec.split(",") if s.strip()]:
+    name, sep, size_text = item.strip().partition(":")
+    if not sep or name not in MESH_AXES:
+      raise ValueError(f"malformed mesh spec {spec!r}: item {item!r} is not AXIS:SIZE "
+                       f"with AXIS in {MESH_AXES}")
+    if name in seen:
+      raise ValueError(f"malformed mesh spec {spec!r}: axis {name!r} given twice")
+    seen.add(name)
+    try:
+      size = int(size_text)
+    except ValueError:
+      raise ValueError(f"malformed mesh spec {spec!r}: size {size_text!r} is not an integer")
+    if size == -1:
+      if rest is not None:
+        raise ValueError(f"malformed mesh spec {spec!r}: only one axis may be -1")
+      rest = name
+    elif size < 1:
+      raise ValueError(f"malformed mesh spec {spec!r}: size of {name!r} must be >= 1 or -1")
+    else:
+      sizes[name] = size
+  known = math.prod(sizes.values())
+  if rest is not None:
+    if num_devices % known:
+      raise ValueError(f"mesh spec {spec!r}: {num_devices} devices are not divisible by {known}")
+    sizes[rest] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh spec {spec!r} uses {math.prod(sizes.values())} devices, "
+                     f"but {num_devices} are available")
+  return sizes
+
+
+def make_mesh(spec: str = "data:-1", devices=None) -> jax.sharding.Mesh:
+  """A mesh with axes (data, fsdp, tensor), all of AxisType.Auto."""
+  devices = jax.devices() if devices is None else devices
+  sizes = parse_mesh_spec(spec, len(devices))
+  return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_to_spec(axes, shape=None, mesh=None, rules=RULES) -> P:
+  """PartitionSpec for one array's logical axes.
+
+  A dimension whose size the mesh axes do not divide stays replicated (e.g. 9
+  heads on tensor:2). A mesh axis used twice in one array is a rules bug.
+  """
+  table = dict(rules)
+  out, used = [], []
+  for i, name in enumerate(axes):
+    if name is not None and name not in table:
+      raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+    target = table.get(name) if name is not None else None
+    mesh_axes = () if target is None else (target if isinstance(target, tuple) else (target,))
+    if mesh is not None:
+      mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
+      if shape is not None and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+        mesh_axes = ()
+    for a in mesh_axes:
+      if a in used:
+        raise ValueError(f"logical axes {axes} map mesh axis {a!r} twice")
+      used.append(a)
+    out.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
+  return P(*out)
+
+
+def param_shardings(boxed_params, mesh) -> Any:
+  """NamedShardings for a (flax-boxed) param or optimizer-state tree."""
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, logical_to_spec(leaf.names, leaf.value.shape, mesh))
+    return NamedSharding(mesh, P())
+  return jax.tree.map(one, boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Rows over (data, fsdp); positions replicated."""
+  return NamedSharding(mesh, logical_to_spec(("act_batch", "act_length"), None, mesh))
+
+
+def axis_rules():
+  """Context manager that lets model-level logical constraints resolve."""
+  return nn.logical_axis_rules(RULES)
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """Host-local numpy rows -> global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

@@ -1,0 +1,154 @@
+"""Sharded train step: mesh invariance, real sharding, determinism, accumulation."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.linen import meta
+
+from a3_jax import sharding as shd
+from a3_jax.config import get_preset
+from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
+from a3_jax.model import A3LM, init_params
+from a3_jax.train_step import (TrainConfig, init_state, loss_fn, make_train_step,
+                               state_shardings)
+
+CFG = get_preset("tiny")
+MESHES = ["data:8", "data:2,fsdp:2,tensor:2", "fsdp:4,tensor:2"]
+GOLDEN_SPECS = os.path.join(os.path.dirname(__file__), "golden", "partition_specs.json")
+
+
+def _batch(b=8, t=32, seed=0):
+  rng = np.random.default_rng(seed)
+  seg = np.ones((b, t), np.int32)
+  seg[:, 20:] = 2  # two documents per row
+  seg[::2, -5:] = 0  # and padding in half of the rows
+  pos = np.where(seg == 2, np.arange(t) - 20, np.arange(t)).astype(np.int32)
+  pos[seg == 0] = 0
+  return {"tokens": rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32),
+          "segment_ids": seg, "positions": pos}
+
+
+def _loss_and_grads(mesh, params, batch, groups):
+  tc = TrainConfig()
+  model = A3LM(CFG)
+  shardings = state_shardings(CFG, tc, mesh).params
+  with jax.set_mesh(mesh), shd.axis_rules():
+    params = jax.device_put(params, shardings)
+    b = shd.shard_batch(batch, mesh)
+    g = shd.shard_batch({"g": groups}, mesh)["g"]
+    fn = jax.jit(jax.value_and_grad(lambda p: loss_fn(model, tc, p, b, g)[0]))
+    loss, grads = fn(params)
+  return float(loss), jax.tree.map(np.asarray, grads), params
+
+
+def test_loss_and_grads_are_the_same_on_every_mesh():
+  params = meta.unbox(init_params(CFG, jax.random.key(0)))
+  batch = _batch()
+  groups = np.asarray(sample_groups(parse_strategy("perm:4"), jax.random.key(1),
+                                    batch["segment_ids"], batch["positions"]))
+  ref_loss, ref_grads, _ = _loss_and_grads(shd.make_mesh("data:1", jax.devices()[:1]),
+                                           params, batch, groups)
+  for spec in MESHES:
+    loss, grads, _ = _loss_and_grads(shd.make_mesh(spec), params, batch, groups)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+                 grads, ref_grads)
+
+
+def test_parameters_are_sharded_as_the_rules_say():
+  mesh = shd.make_mesh("data:2,fsdp:2,tensor:2")
+  with jax.set_mesh(mesh):
+    state = init_state(CFG, TrainConfig(), jax.random.key(0), mesh)
+  p = state.params["params"]
+  q = p["layers"]["attn"]["q_proj"]  # [L, D, N, H] = (layers, embed, q_heads, head_dim)
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  # Each device holds a quarter of it: D split over fsdp, N over tensor.
+  assert q.addressable_shards[0].data.shape == (2, 32, 2, 16)
+  assert p["embed"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  mu = state.opt_state[1][0].mu["params"]["layers"]["mlp"]["down_proj"]
+  assert mu.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+
+
+def _spec_table(preset, mesh_spec):
+  mesh = shd.make_mesh(mesh_spec)
+  shardings = state_shardings(get_preset(preset), TrainConfig(), mesh).params
+  flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+  return {jax.tree_util.keystr(path): str(s.spec) for path, s in flat}
+
+
+def test_partition_specs_match_golden_file():
+  """Catches sharding regressions; regenerate with A3_UPDATE_GOLDEN=1 after a deliberate change."""
+  table = {f"{preset}@{mesh}": _spec_table(preset, mesh)
+           for preset in ("small", "llama3.2-1b", "smollm2-135m")
+           for mesh in ("fsdp:4,tensor:2",)}
+  if os.environ.get("A3_UPDATE_GOLDEN"):
+    with open(GOLDEN_SPECS, "w") as f:
+      json.dump(table, f, indent=1, sort_keys=True)
+  with open(GOLDEN_SPECS) as f:
+    assert table == json.load(f)
+
+
+def _run(steps, tc, curriculum="perm:4:100", mesh_spec="data:8", seed=0):
+  mesh = shd.make_mesh(mesh_spec)
+  cur = parse_curriculum(curriculum)
+  with jax.set_mesh(mesh):
+    shardings = state_shardings(CFG, tc, mesh)
+    state = init_state(CFG, tc, jax.random.key(seed), mesh)
+    step = make_train_step(CFG, tc, cur, mesh, shardings)
+    batch = shd.shard_batch(_batch(), mesh)
+    losses, stages = [], []
+    for _ in range(steps):
+      state, metrics = step(state, batch, jax.random.key(seed + 1))
+      losses.append(float(metrics["loss"]))
+      stages.append(int(metrics["stage"]))
+  step.stages = stages
+  return losses, step
+
+
+def test_tiny_model_overfits_a_batch_and_runs_are_reproducible():
+  tc = TrainConfig(lr=1e-2, warmup_steps=5, total_steps=80, weight_decay=0.0)
+  losses, _ = _run(80, tc, curriculum="block:2:80")
+  assert losses[-1] < 0.25 * losses[0], losses
+  again, _ = _run(80, tc, curriculum="block:2:80")
+  assert losses == again
+
+
+def test_stage_changes_do_not_recompile_the_step():
+  tc = TrainConfig(total_steps=6)
+  losses, step = _run(6, tc, curriculum="ar:2,block:2:2,perm:4:2")
+  assert step.stages == [0, 0, 1, 1, 2, 2]
+  assert step.jitted._cache_size() == 1
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  tc = TrainConfig(lr=1e-3, warmup_steps=0, total_steps=3)
+  plain, _ = _run(3, tc)
+  accumulated, _ = _run(3, TrainConfig(lr=1e-3, warmup_steps=0, total_steps=3, grad_accum=2))
+  np.testing.assert_allclose(accumulated, plain, rtol=1e-5)
+
+
+def test_ar_objective_trains_the_content_stream_only():
+  tc = TrainConfig(lr=1e-2, warmup_steps=2, total_steps=30, objective="ar")
+  losses, _ = _run(30, tc)
+  assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("data:3", "uses 3 devices, but 8 are available"),
+    ("data:2,model:4", "not AXIS:SIZE"),
+    ("data:-1,fsdp:-1", "only one axis may be -1"),
+    ("data:x", "is not an integer"),
+    ("data:2,data:4", "given twice"),
+    ("fsdp:3,data:-1", "not divisible"),
+])
+def test_malformed_mesh_specs_raise(spec, message):
+  with pytest.raises(ValueError, match=message):
+    shd.make_mesh(spec)
+
+
+def test_parse_mesh_spec_fills_the_rest():
+  assert shd.parse_mesh_spec("data:-1,tensor:2", 8) == {"data": 4, "fsdp": 1, "tensor": 2}
