@@ -55,6 +55,7 @@ class ModelConfig:
   attention: str = "einsum"
   attention_chunk: int = 512  # key/query tile for attention="chunked"
   remat: str = "none"
+  scan_layers: bool = True  # False unrolls the layer loop (same params; exact XLA FLOP counts)
 
   def __post_init__(self):
     problems = []

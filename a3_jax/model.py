@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from a3_jax import attention
 from a3_jax.config import ModelConfig
@@ -135,6 +136,7 @@ class A3LM(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
+        unroll=1 if cfg.scan_layers else cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     self.final_norm = RMSNorm(cfg, name="final_norm")
@@ -207,12 +209,13 @@ def validate_inputs(config: ModelConfig, tokens_BxT, groups_BxT, segment_ids_BxT
     if not jnp.issubdtype(arr.dtype, jnp.integer):
       raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
   if not isinstance(tokens_BxT, jax.core.Tracer) and tokens_BxT.size:
-    lo, hi = int(jnp.min(tokens_BxT)), int(jnp.max(tokens_BxT))
+    concrete = np.asarray(tokens_BxT)
+    lo, hi = int(concrete.min()), int(concrete.max())
     if lo < 0 or hi >= config.vocab_size:
       raise ValueError(f"token ids must lie in [0, {config.vocab_size}), got range "
                        f"[{lo}, {hi}]")
   if (positions_BxT is not None and not isinstance(positions_BxT, jax.core.Tracer)
-      and positions_BxT.size and int(jnp.min(positions_BxT)) < 0):
+      and positions_BxT.size and int(np.min(np.asarray(positions_BxT))) < 0):
     raise ValueError("positions must be >= 0")
 
 

@@ -1,0 +1,83 @@
+"""Orbax checkpoints of a training run: state, data-iterator state and run metadata.
+
+One CheckpointManager per workdir (`WORKDIR/checkpoints`), Composite items:
+  state  StandardSave of the TrainState (params, optimizer state, step), sharded
+  data   grain.checkpoint.CheckpointSave of the data iterator
+  meta   JsonSave of the model config and the settings a resume must agree on
+Saves are asynchronous; a resumed run restores straight into the mesh shardings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from a3_jax.config import ModelConfig
+
+
+def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = None
+                 ) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
+      save_interval_steps=1 if save_every is None else save_every)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options, item_names=("state", "data", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, meta: dict,
+         force: bool = False) -> bool:
+  """Starts an async save of everything a resume needs; returns whether it saved."""
+  args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iterator),
+      meta=ocp.args.JsonSave(meta))
+  return manager.save(step, args=args, force=force)
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict | None:
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return restored["meta"]
+
+
+def check_compatible(meta: dict, model_config: ModelConfig, workdir: str) -> None:
+  """Refuses to resume a checkpoint of another model (one clear message)."""
+  saved = ModelConfig.from_dict(meta["model_config"])
+  if saved != model_config:
+    diff = {k: (v, getattr(model_config, k)) for k, v in saved.to_dict().items()
+            if v != model_config.to_dict()[k]}
+    details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"workdir {workdir} holds a checkpoint of a different model config "
+                     f"({details}); use another --workdir or the same settings")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
+  """Restores the state into the shardings of `abstract_state` (ShapeDtypeStructs
+  with .sharding) and the data iterator in place; returns the state."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  return restored["state"]
+
+
+def abstract_like(state_shapes: Any, shardings: Any):
+  """ShapeDtypeStructs carrying shardings, the restore target orbax wants."""
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      state_shapes, shardings)
+
+
+def restore_params(workdir: str, step: int | None = None):
+  """Params and meta of a run's latest (or given) checkpoint, without optimizer state."""
+  manager = make_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
+  meta = read_meta(manager, step)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored["state"]["params"], meta, step

@@ -1,0 +1,39 @@
+"""Shared command-line behaviour: one clear line and exit code 2 for user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from absl import app, flags, logging
+
+
+def _fail(program: str, message: str):
+  print(f"{program}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+@contextlib.contextmanager
+def user_errors(program: str):
+  """Turns ValueError / missing files into one line on stderr and exit code 2."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError) as e:
+    _fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _parse_flags(argv):
+  program = os.path.basename(argv[0])
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(program, str(e))
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
+    flags.FLAGS.verbosity = logging.WARNING
+  return remaining
+
+
+def run_app(main):
+  """absl's app.run, with malformed flags reported like any other user error."""
+  app.run(main, flags_parser=_parse_flags)

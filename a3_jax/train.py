@@ -1,0 +1,78 @@
+"""`a3-train`: the training job (absl flags; defaults train on the embedded corpus).
+
+  a3-train                                     # CPU default, ~10 minutes
+  a3-train --flagfile=experiments/paper/llama3.2-1b_v5p.flags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import app, flags
+
+from a3_jax import cli
+from a3_jax.train_step import TrainConfig
+from a3_jax.trainer import Job, run
+
+_D = Job()
+_T = TrainConfig()
+F = flags.FLAGS
+flags.DEFINE_string("workdir", _D.workdir, "run directory: checkpoints, metrics.jsonl, tensorboard/")
+flags.DEFINE_string("preset", _D.preset, "model preset (a3_jax.config.PRESETS)")
+flags.DEFINE_multi_string("model", [], "model config override NAME=VALUE (repeatable), e.g. --model=remat=full")
+flags.DEFINE_integer("steps", _D.steps, "total training steps")
+flags.DEFINE_integer("batch_size", _D.batch_size, "global batch size (rows)")
+flags.DEFINE_integer("seq_len", _D.seq_len, "tokens per row")
+flags.DEFINE_float("lr", _T.lr, "peak learning rate")
+flags.DEFINE_integer("warmup_steps", _T.warmup_steps, "linear warmup steps")
+flags.DEFINE_enum("schedule", _T.schedule, ["cosine", "linear", "constant"], "decay after warmup")
+flags.DEFINE_float("weight_decay", _T.weight_decay, "AdamW weight decay (matrices only)")
+flags.DEFINE_float("clip_norm", _T.clip_norm, "global gradient-norm clip")
+flags.DEFINE_integer("grad_accum", _T.grad_accum, "micro-batches per step")
+flags.DEFINE_float("z_loss", _T.z_loss, "z-loss coefficient")
+flags.DEFINE_bool("count_first_group", _T.count_first_group,
+                  "count tokens of each document's first group (predicted from nothing) in the loss")
+flags.DEFINE_enum("objective", _T.objective, ["a3", "ar"], "a3: two-stream grouped loss; ar: causal baseline")
+flags.DEFINE_string("curriculum", _D.curriculum,
+                    "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
+                    "the last stage runs on past its steps")
+flags.DEFINE_string("data", _D.data, "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]")
+flags.DEFINE_string("tokenizer", _D.tokenizer, "sentencepiece .model path (default: the embedded one)")
+flags.DEFINE_string("mesh", _D.mesh, "mesh spec, e.g. data:2,fsdp:2,tensor:2 (-1 = the rest)")
+flags.DEFINE_integer("seed", _D.seed, "seed of init, data order and groupings")
+flags.DEFINE_integer("eval_every", _D.eval_every, "steps between validation evals")
+flags.DEFINE_integer("eval_batches", _D.eval_batches, "validation batches per eval")
+flags.DEFINE_integer("save_every", _D.save_every, "steps between checkpoints")
+flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "checkpoints kept")
+flags.DEFINE_string("init_from", None, "start from pretrained weights: hf:DIR | gguf:FILE | EXPORT_DIR")
+flags.DEFINE_integer("worker_count", _D.worker_count, "grain worker processes for tokenization")
+
+
+def job_from_flags() -> Job:
+  overrides = []
+  for item in F.model:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--model={item!r}: expected NAME=VALUE")
+    overrides.append((name.strip(), value.strip()))
+  train = TrainConfig(lr=F.lr, warmup_steps=F.warmup_steps, total_steps=max(F.steps, 1),
+                      schedule=F.schedule, weight_decay=F.weight_decay, clip_norm=F.clip_norm,
+                      grad_accum=F.grad_accum, z_loss=F.z_loss,
+                      count_first_group=F.count_first_group, objective=F.objective)
+  names = {f.name for f in dataclasses.fields(Job)} - {"train", "model_overrides"}
+  return Job(train=train, model_overrides=tuple(overrides), **{n: getattr(F, n) for n in names})
+
+
+def main(argv):
+  with cli.user_errors("a3-train"):
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments: {argv[1:]}")
+    run(job_from_flags())
+
+
+def entry():
+  cli.run_app(main)
+
+
+if __name__ == "__main__":
+  entry()

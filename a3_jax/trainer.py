@@ -1,0 +1,242 @@
+"""The training loop: data, sharded state, curriculum, checkpoints, metrics, eval.
+
+`run(job)` is what `a3-train` calls after parsing flags; every user-caused
+problem is a ValueError raised before anything in the workdir is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import time
+
+import jax
+import numpy as np
+
+from a3_jax import checkpoint as ckpt
+from a3_jax import sharding as shd
+from a3_jax.config import ModelConfig, get_preset
+from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
+from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.flops import mfu_report
+from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
+from a3_jax.metrics import MetricsWriter
+from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_train_step,
+                               state_from_params, state_shardings)
+
+EVAL_GROUPINGS = ("ar", "perm:4")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """Everything one training run is told (the flags of a3-train)."""
+
+  workdir: str = "runs/default"
+  preset: str = "small"
+  steps: int = 500
+  batch_size: int = 16
+  seq_len: int = 128
+  curriculum: str = "ar:100,block:2:80,block:4:80,perm:4:240"
+  data: str = "shakespeare"
+  tokenizer: str | None = None
+  mesh: str = "data:-1"
+  seed: int = 0
+  eval_every: int = 100
+  eval_batches: int = 8
+  save_every: int = 100
+  max_to_keep: int = 3
+  init_from: str | None = None
+  model_overrides: tuple[tuple[str, str], ...] = ()
+  train: TrainConfig = TrainConfig()
+  worker_count: int = 0
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _coerce(field: dataclasses.Field, text: str):
+  kind = field.type if isinstance(field.type, str) else field.type.__name__
+  if kind.startswith("bool"):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"model override {field.name}={text!r}: expected true or false")
+    return text.lower() in ("true", "1")
+  for cast in (int, float):
+    if kind.startswith(cast.__name__):
+      try:
+        return cast(text)
+      except ValueError:
+        raise ValueError(f"model override {field.name}={text!r}: expected {cast.__name__}")
+  return text
+
+
+def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
+  """The preset with the tokenizer's vocabulary and any --model overrides."""
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  overrides = {"vocab_size": vocab_size}
+  for name, text in job.model_overrides:
+    if name not in fields or name == "rope_scaling":
+      raise ValueError(f"unknown model override {name!r}; settable: "
+                       f"{sorted(set(fields) - {'rope_scaling'})}")
+    overrides[name] = _coerce(fields[name], text)
+  return get_preset(job.preset, **overrides)
+
+
+def _validate(job: Job, model_config: ModelConfig, mesh) -> None:
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if job.batch_size % (rows * job.train.grad_accum * jax.process_count()):
+    raise ValueError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
+                     f"({rows}) * grad_accum ({job.train.grad_accum}) * processes "
+                     f"({jax.process_count()})")
+  if job.seq_len > model_config.max_seq_len:
+    raise ValueError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
+                     f"({model_config.max_seq_len})")
+  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
+    if getattr(job, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(job, name)}")
+
+
+def _initial(job: Job):
+  """(model config, tokenizer, pretrained params or None)."""
+  if job.init_from:
+    from a3_jax.convert.loader import load_pretrained
+    params, model_config, tokenizer = load_pretrained(job.init_from)
+    if job.tokenizer:
+      tokenizer = load_tokenizer(job.tokenizer)
+    return model_config, tokenizer, params
+  tokenizer = load_tokenizer(job.tokenizer)
+  return model_config_for(job, tokenizer.vocab_size), tokenizer, None
+
+
+def run(job: Job) -> dict:
+  """Trains (or resumes) and returns the last validation metrics."""
+  curriculum = parse_curriculum(job.curriculum)
+  mesh = shd.make_mesh(job.mesh)
+  tc = dataclasses.replace(job.train, total_steps=job.steps)
+  model_config, tokenizer, pretrained = _initial(job)
+  _validate(job, model_config, mesh)
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
+                     f"{model_config.vocab_size}")
+
+  local_batch = job.batch_size // jax.process_count()
+  data_iter = make_train_iterator(job.data, tokenizer, seq_len=job.seq_len,
+                                  batch_size=local_batch, seed=job.seed,
+                                  worker_count=job.worker_count)
+  eval_batches = make_eval_batches(job.data, tokenizer, seq_len=job.seq_len,
+                                   batch_size=local_batch, max_batches=job.eval_batches)
+
+  manager = ckpt.make_manager(job.workdir, job.max_to_keep)
+  resume_step = manager.latest_step()
+  if resume_step is not None:
+    ckpt.check_compatible(ckpt.read_meta(manager, resume_step), model_config, job.workdir)
+
+  with jax.set_mesh(mesh):
+    shardings = state_shardings(model_config, tc, mesh)
+    if resume_step is not None:
+      shapes = jax.eval_shape(lambda: init_state(model_config, tc, jax.random.key(0), mesh))
+      state = ckpt.restore(manager, resume_step, ckpt.abstract_like(shapes, shardings), data_iter)
+      print(f"resumed from step {resume_step} in {job.workdir}", flush=True)
+    elif pretrained is not None:
+      state = state_from_params(pretrained, model_config, tc, mesh)
+    else:
+      state = init_state(model_config, tc, jax.random.key(job.seed), mesh)
+    _write_run_files(job, model_config, tokenizer)
+    return _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state,
+                 data_iter, eval_batches, manager, resume_step)
+
+
+def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
+  if jax.process_index():
+    return
+  os.makedirs(job.workdir, exist_ok=True)
+  with open(os.path.join(job.workdir, "config.json"), "w") as f:
+    f.write(model_config.to_json())
+  suffix = ".json" if tokenizer.path.endswith(".json") else ".model"
+  target = os.path.join(job.workdir, "tokenizer" + suffix)
+  if os.path.abspath(tokenizer.path) != os.path.abspath(target):
+    shutil.copyfile(tokenizer.path, target)
+
+
+def _meta(job: Job, model_config: ModelConfig) -> dict:
+  return {"model_config": model_config.to_dict(), "curriculum": job.curriculum,
+          "data": job.data, "seq_len": job.seq_len, "batch_size": job.batch_size,
+          "seed": job.seed, "objective": job.train.objective}
+
+
+def evaluate(eval_step, params, batches, seed_key, mesh) -> dict:
+  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry."""
+  out = {}
+  for name in EVAL_GROUPINGS:
+    strategy = parse_strategy(name)
+    nll = count = 0.0
+    for i, batch in enumerate(batches):
+      key = jax.random.fold_in(seed_key, i)
+      groups = np.asarray(sample_groups(strategy, key, batch["segment_ids"], batch["positions"]))
+      stats = eval_step(params, shd.shard_batch(batch, mesh),
+                        shd.shard_batch({"g": groups}, mesh)["g"])
+      nll += float(stats["nll"])
+      count += float(stats["count"])
+    out[f"nll_{name.replace(':', '')}"] = nll / max(count, 1.0)
+  out["eval_tokens"] = count
+  return out
+
+
+def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, data_iter,
+          eval_batches, manager, resume_step):
+  train_step = make_train_step(model_config, tc, curriculum, mesh, shardings)
+  eval_step = make_eval_step(model_config, tc, mesh, shardings)
+  seed_key = jax.random.key(job.seed)
+  eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
+  writer = MetricsWriter(job.workdir, resume_step)
+  preemption = _Preemption()
+  start = int(state.step)
+  last_eval: dict = {}
+  tick = time.perf_counter()
+  try:
+    for step in range(start, job.steps):
+      batch = shd.shard_batch(next(data_iter), mesh)
+      state, metrics = train_step(state, batch, seed_key)
+      metrics = jax.device_get(metrics)
+      now = time.perf_counter()
+      record = {"step": step + 1, "stage": curriculum.stage_name(step),
+                **{k: float(v) for k, v in metrics.items() if k != "stage"},
+                "tokens_per_s": job.batch_size * job.seq_len / (now - tick)}
+      record.update(mfu_report(model_config, job.seq_len, record["tokens_per_s"],
+                               curriculum.stages[int(metrics["stage"])][0], tc.objective))
+      tick = now
+      writer.write(record)
+      if (step + 1) % 10 == 0 or step == start:
+        print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
+              f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}", flush=True)
+      done = step + 1 == job.steps
+      if (step + 1) % job.eval_every == 0 or done:
+        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh)
+        writer.write({"step": step + 1, "split": "validation", **last_eval})
+        print(f"step {step + 1} validation " + " ".join(
+            f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)
+        tick = time.perf_counter()
+      if (step + 1) % job.save_every == 0 or done or preemption.requested:
+        ckpt.save(manager, step + 1, state, data_iter, _meta(job, model_config), force=True)
+      if preemption.requested:
+        print(f"SIGTERM: saved step {step + 1}, exiting", flush=True)
+        break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.restore()
+  return last_eval
