@@ -37,6 +37,8 @@ flags.DEFINE_string("curriculum", _D.curriculum,
                     "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
                     "the last stage runs on past its steps")
 flags.DEFINE_string("data", _D.data, "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]")
+flags.DEFINE_string("eval_data", None, "validation source (default: the validation split of --data)")
+flags.DEFINE_string("data_dir", None, "tfds data directory (default: tfds' own)")
 flags.DEFINE_string("tokenizer", _D.tokenizer, "sentencepiece .model path (default: the embedded one)")
 flags.DEFINE_string("mesh", _D.mesh, "mesh spec, e.g. data:2,fsdp:2,tensor:2 (-1 = the rest)")
 flags.DEFINE_integer("seed", _D.seed, "seed of init, data order and groupings")

@@ -40,6 +40,8 @@ class Job:
   seq_len: int = 128
   curriculum: str = "ar:100,block:2:80,block:4:80,perm:4:240"
   data: str = "shakespeare"
+  eval_data: str | None = None
+  data_dir: str | None = None
   tokenizer: str | None = None
   mesh: str = "data:-1"
   seed: int = 0
@@ -135,9 +137,11 @@ def run(job: Job) -> dict:
   local_batch = job.batch_size // jax.process_count()
   data_iter = make_train_iterator(job.data, tokenizer, seq_len=job.seq_len,
                                   batch_size=local_batch, seed=job.seed,
-                                  worker_count=job.worker_count)
-  eval_batches = make_eval_batches(job.data, tokenizer, seq_len=job.seq_len,
-                                   batch_size=local_batch, max_batches=job.eval_batches)
+                                  data_dir=job.data_dir, worker_count=job.worker_count)
+  eval_spec, eval_split = _eval_source(job)
+  eval_batches = make_eval_batches(eval_spec, tokenizer, seq_len=job.seq_len, split=eval_split,
+                                   data_dir=job.data_dir, batch_size=local_batch,
+                                   max_batches=job.eval_batches)
 
   manager = ckpt.make_manager(job.workdir, job.max_to_keep)
   resume_step = manager.latest_step()
@@ -157,6 +161,20 @@ def run(job: Job) -> dict:
     _write_run_files(job, model_config, tokenizer)
     return _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state,
                  data_iter, eval_batches, manager, resume_step)
+
+
+def _eval_source(job: Job) -> tuple[str, str]:
+  """(source spec, split) of validation data: --eval_data, else the validation split
+  of --data where it has one (shakespeare, tfds), else --data itself."""
+  if job.eval_data:
+    return job.eval_data, "train"
+  if job.data.startswith(("text:", "arrayrecord:")):
+    print(f"warning: --data={job.data} has no validation split and --eval_data is unset: "
+          "validation metrics are measured on training files", flush=True)
+    return job.data, "train"
+  if job.data.startswith("tfds:") and job.data.count(":") >= 2:
+    return job.data, "train"  # an explicit split: make_source reads it from the spec
+  return job.data, "validation"
 
 
 def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
