@@ -7,6 +7,7 @@ is a lossless unigram model of 8192 pieces with ids pad=0, unk=1, bos=2, eos=3.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import sentencepiece as spm
 
@@ -18,8 +19,8 @@ EMBEDDED = "embedded"
 class Tokenizer:
   """A sentencepiece model: text <-> token ids.
 
-  `pad_id` is what packing pads rows with (segment id 0 marks those tokens);
-  `eos_id` ends every document.
+  `eos_id` ends every document. Packed rows pad with token 0 whatever
+  `pad_id` is (-1 for a model without one): segment id 0 marks padding.
   """
 
   def __init__(self, path: str):
@@ -33,7 +34,8 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
-  def decode(self, ids) -> str:
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of token ids [n] (a list or an integer array)."""
     return self._sp.decode([int(i) for i in ids])
 
   def __repr__(self) -> str:
@@ -47,4 +49,7 @@ def load_tokenizer(spec: str | None = None) -> Tokenizer:
   if not os.path.isfile(spec):
     raise ValueError(f"tokenizer {spec!r}: no such sentencepiece .model file "
                      f"(use {EMBEDDED!r} for the embedded Shakespeare tokenizer)")
-  return Tokenizer(spec)
+  try:
+    return Tokenizer(spec)
+  except RuntimeError as e:  # sentencepiece's "could not parse ModelProto".
+    raise ValueError(f"tokenizer {spec!r}: not a sentencepiece model ({e})") from None

@@ -1,0 +1,144 @@
+"""Token pipelines with grain: documents -> ids + EOS -> packed rows -> batches.
+
+A batch is a dict of int32 numpy arrays, each [B, T] (B: per-host batch size,
+T: seq_len):
+
+    tokens       token ids; 0 in padding
+    segment_ids  1, 2, ... for the documents (or pieces of one) in a row; 0 marks
+                 padding, which only ever trails a row
+    positions    position within the segment, restarting at 0 for every segment
+
+Rows are filled by grain's ConcatThenSplit packer: documents follow each other
+and the one that does not fit is cut, its rest starting the next row. A piece
+of a cut document is a segment of its own whose positions restart at 0 (RoPE
+sees only relative positions and no attention crosses a row, so continuing the
+document's count would gain nothing). The mask `seg[i] == seg[j] & seg[j] != 0` never joins two
+documents.
+
+Training batches are an endless, shuffled, per-host stream whose iterator grain
+and orbax can checkpoint; evaluation batches are one deterministic pass with
+the last batch padded, so every batch has the same shape. A tokenizer is any
+object with `encode(text) -> list[int]` and an `eos_id`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import grain
+import jax
+import numpy as np
+
+from a3_jax.data.json_state import JsonStateIterator
+from a3_jax.data.sources import make_source
+from a3_jax.data.tokenizer import Tokenizer
+
+Batch = dict[str, np.ndarray]
+
+# Tokenizing holds the GIL, so grain's default of 16 threads only contends (and
+# prefetches 500 documents); two threads overlap reading with tokenizing.
+# `worker_count` is what scales tokenization.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
+
+
+# 64 entries hold the whole embedded corpus (42 works): later epochs re-tokenize nothing.
+@functools.lru_cache(maxsize=64)
+def _encode_with_eos(tokenizer: Tokenizer, text: str) -> np.ndarray:
+  """Token ids [len + 1] of `text` followed by EOS; read-only, as the array is shared."""
+  ids = np.asarray(tokenizer.encode(text) + [tokenizer.eos_id], np.int32)
+  ids.flags.writeable = False
+  return ids
+
+
+def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
+  return {"tokens": _encode_with_eos(tokenizer, text)}
+
+
+def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDataset:
+  if tokenizer.eos_id < 0:
+    raise ValueError(f"{tokenizer} has no EOS id, which ends every document")
+  return documents.map(functools.partial(_encode_document, tokenizer))
+
+
+def _packed_rows(ids: grain.MapDataset, seq_len: int) -> grain.IterDataset:
+  """Rows {tokens, tokens_segment_ids, tokens_positions}, each [T]."""
+  return grain.experimental.ConcatThenSplitIterDataset(ids.to_iter_dataset(_READ_OPTIONS),
+                                                       length_struct={"tokens": seq_len})
+
+
+def _batch_features(rows: Batch) -> Batch:
+  return {"tokens": rows["tokens"], "segment_ids": rows["tokens_segment_ids"],
+          "positions": rows["tokens_positions"]}
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  """(index, count) of this host; None means jax.process_index() / jax.process_count()."""
+  index = jax.process_index() if shard_index is None else shard_index
+  count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= index < count:
+    raise ValueError(f"shard_index={index} is not in [0, shard_count={count})")
+  return index, count
+
+
+def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
+                        seed: int, split: str = "train", data_dir: str | None = None,
+                        shard_index: int | None = None, shard_count: int | None = None,
+                        shuffle_window: int = 256, worker_count: int = 0) -> grain.DatasetIterator:
+  """An endless iterator of training batches, each [batch_size, seq_len] per feature.
+
+  Hosts read disjoint documents (`documents[shard_index::shard_count]`), each
+  epoch in a new order drawn from `seed`. Packed rows are then shuffled within
+  windows of `shuffle_window` rows, so that one batch does not hold consecutive
+  pieces of one long document. `get_state()`/`set_state()` reproduce the
+  stream exactly, also through JSON, so orbax can save the iterator with
+  `grain.checkpoint.CheckpointSave(iterator)` and restore it with
+  `grain.checkpoint.CheckpointRestore(iterator)`. `worker_count > 0` tokenizes
+  in that many processes (absl flags must be parsed first, as under
+  `absl.app.run`).
+  """
+  index, count = _shard(shard_index, shard_count)
+  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
+  host_documents = documents[index::count]
+  if not len(host_documents):
+    raise ValueError(f"source {source_spec!r} has {len(documents)} documents, too few for "
+                     f"{count} hosts to get at least one each")
+  ids = _tokenized(host_documents.shuffle(seed=seed).repeat(None), tokenizer)
+  rows = grain.experimental.WindowShuffleIterDataset(_packed_rows(ids, seq_len),
+                                                     window_size=shuffle_window, seed=seed)
+  batches = rows.batch(batch_size, drop_remainder=True).map(_batch_features)
+  if worker_count:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return JsonStateIterator(iter(batches))
+
+
+def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
+                      split: str = "validation", data_dir: str | None = None,
+                      max_batches: int | None = None, shard_index: int | None = None,
+                      shard_count: int | None = None) -> list[Batch]:
+  """One pass over the source in order: batches [batch_size, seq_len] per feature.
+
+  Every host packs the whole source into global batches of
+  batch_size * shard_count rows and keeps its own slice of rows, so all hosts
+  return the same number of batches. The last global batch is padded with
+  all-zero rows (segment id 0).
+  """
+  index, count = _shard(shard_index, shard_count)
+  global_batch_size = batch_size * count
+  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
+  rows = _packed_rows(_tokenized(documents, tokenizer), seq_len)
+  pad_last_batch = functools.partial(grain.experimental.batch_and_pad, batch_size=global_batch_size)
+  batches = rows.batch(global_batch_size, batch_fn=pad_last_batch)
+  host_rows = slice(index * batch_size, (index + 1) * batch_size)
+  return [_batch_features({name: array[host_rows] for name, array in batch.items()})
+          for batch in itertools.islice(batches, max_batches)]
+
+
+def to_global_batch(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Host-local arrays [b, T] -> global arrays laid out by `sharding`.
+
+  With the batch axis split over all hosts, the global arrays are
+  [b * process_count, T].
+  """
+  return {name: jax.make_array_from_process_local_data(sharding, array)
+          for name, array in batch.items()}

@@ -1,0 +1,193 @@
+"""Document sources: random-access sequences of texts, named by a spec string.
+
+    shakespeare             the embedded corpus; `split` picks train or validation
+    text:GLOB               .txt files (one document each) and .jsonl files (one
+                            document per non-blank line: the `text` field)
+    arrayrecord:GLOB        ArrayRecord files; each record is UTF-8 text or a JSON
+                            object with a `text` field
+    tfds:NAME[:SPLIT]       a prepared tfds dataset (array_record format) with a
+                            `text` feature; SPLIT (default: `split`) may use tfds
+                            slicing, e.g. `train[:10%]`; NAME may name a config
+
+Every source is a `Sequence[str]` (`len`, `source[i]`, iteration), which is
+all `grain.MapDataset.source` needs; `text:` and `arrayrecord:` ignore `split`.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob
+import json
+import os
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+
+from a3_jax.data import corpus
+
+SCHEMES = ("shakespeare", "text:GLOB", "arrayrecord:GLOB", "tfds:NAME[:SPLIT]")
+
+
+def _json_text(line: bytes | str, where: str) -> str:
+  """The `text` field of one JSON object."""
+  try:
+    document = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: not JSON ({e})") from None
+  if not isinstance(document, dict) or not isinstance(document.get("text"), str):
+    raise ValueError(f"{where}: expected a JSON object with a string 'text' field")
+  return document["text"]
+
+
+def _record_text(record: bytes | str, where: str) -> str:
+  """A record's text: the `text` field of a JSON object, else the UTF-8 text itself."""
+  text = record.decode("utf-8") if isinstance(record, bytes) else record
+  if text.startswith("{"):
+    try:
+      document = json.loads(text)
+    except json.JSONDecodeError:
+      return text  # Plain text that happens to start with '{'.
+    if isinstance(document, dict):
+      return _json_text(text, where)
+  return text
+
+
+def _line_offsets(path: str) -> np.ndarray:
+  """Byte offsets [num_documents] of the non-blank lines of a .jsonl file."""
+  offsets, position = [], 0
+  with open(path, "rb") as f:
+    for line in f:
+      if line.strip():
+        offsets.append(position)
+      position += len(line)
+  return np.asarray(offsets, np.int64)
+
+
+class _DocumentSource(Sequence[str]):
+  """A random-access source of documents; subclasses read document `index` in `_document`."""
+
+  def __getitem__(self, index: int) -> str:
+    if not 0 <= index < len(self):
+      raise IndexError(f"document {index} of {len(self)}")  # Also ends plain iteration.
+    return self._document(int(index))
+
+  @abc.abstractmethod
+  def _document(self, index: int) -> str:
+    """Document `index`, already known to be in range."""
+
+
+class TextFileSource(_DocumentSource):
+  """Documents of .txt files (whole file) and .jsonl files (one per line), read lazily."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._paths = list(paths)
+    # None for a .txt file (one document); byte offsets of its lines for .jsonl.
+    self._offsets = [None if p.endswith(".txt") else _line_offsets(p) for p in self._paths]
+    self._ends = np.cumsum([1 if o is None else len(o) for o in self._offsets])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def _document(self, index: int) -> str:
+    file_index = int(np.searchsorted(self._ends, index, side="right"))
+    path, offsets = self._paths[file_index], self._offsets[file_index]
+    if offsets is None:
+      with open(path, encoding="utf-8", newline="") as f:  # newline="": keep '\r' as written.
+        return f.read()
+    line_index = index - (int(self._ends[file_index - 1]) if file_index else 0)
+    with open(path, "rb") as f:
+      f.seek(offsets[line_index])
+      line = f.readline()
+    return _json_text(line, f"{path}, line at byte {offsets[line_index]}")
+
+  def __repr__(self) -> str:
+    return f"TextFileSource({len(self._paths)} files, {len(self)} documents)"
+
+
+class ArrayRecordTextSource(_DocumentSource):
+  """Documents of ArrayRecord files (via grain.sources.ArrayRecordDataSource)."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._records = grain.sources.ArrayRecordDataSource(list(paths))
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def _document(self, index: int) -> str:
+    return _record_text(self._records[index], f"ArrayRecord record {index}")
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordTextSource({len(self)} documents)"
+
+
+class TfdsTextSource(_DocumentSource):
+  """The `text` feature (bytes or str) of a tfds random-access data source."""
+
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def _document(self, index: int) -> str:
+    text = self._records[index]["text"]
+    return text.decode("utf-8") if isinstance(text, bytes) else text
+
+  def __repr__(self) -> str:
+    return f"TfdsTextSource({self._records!r})"
+
+
+def _glob(spec: str, pattern: str, extensions: tuple[str, ...] | None = None) -> list[str]:
+  """The files matching `pattern`, sorted; each must end in one of `extensions` (None: any)."""
+  matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+  paths = sorted(p for p in matches if os.path.isfile(p))
+  if not paths:
+    raise ValueError(f"source {spec!r}: no files match {pattern!r}")
+  unsupported = [p for p in paths if extensions and not p.endswith(extensions)]
+  if unsupported:
+    raise ValueError(f"source {spec!r}: {unsupported[0]!r} is not one of {extensions}")
+  return paths
+
+
+def _tfds_source(spec: str, name: str, split: str, data_dir: str | None) -> TfdsTextSource:
+  import tensorflow_datasets as tfds  # Imported here: ~1 s, and only this scheme needs it.
+
+  # `tfds.data_source(name, split=, data_dir=, download=False)` in two steps, so
+  # that an unprepared dataset gets a clear message, not tfds' hint about TFRecords.
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"source {spec!r}: no tfds dataset named {name!r} is registered") from None
+  if not builder.is_prepared():
+    raise ValueError(f"source {spec!r}: tfds dataset {name!r} is not prepared in "
+                     f"{builder.data_dir} (build it with file_format='array_record'; "
+                     "nothing is downloaded here)")
+  if "text" not in builder.info.features:
+    raise ValueError(f"source {spec!r}: tfds dataset {name!r} has no 'text' feature "
+                     f"(features: {sorted(builder.info.features)})")
+  try:
+    return TfdsTextSource(builder.as_data_source(split=split))
+  except (ValueError, NotImplementedError) as e:  # An unknown split, or not array_record.
+    raise ValueError(f"source {spec!r}: {e}") from None
+
+
+def make_source(spec: str, *, split: str = "train", data_dir: str | None = None) -> Sequence[str]:
+  """The document source named by `spec` (see the module docstring).
+
+  `split` is the embedded corpus' split ("train", "validation", "all") and the
+  default tfds split; `data_dir` is the tfds data directory (None: tfds' default).
+  Raises ValueError for an unknown scheme, a glob that matches nothing, or a
+  missing tfds dataset or split.
+  """
+  scheme, _, rest = spec.partition(":")
+  if spec == "shakespeare":
+    return tuple(text for _, text in corpus.load_works(split))
+  if scheme == "text" and rest:
+    return TextFileSource(_glob(spec, rest, (".txt", ".jsonl")))
+  if scheme == "arrayrecord" and rest:
+    return ArrayRecordTextSource(_glob(spec, rest))
+  if scheme == "tfds" and rest:
+    name, _, tfds_split = rest.partition(":")
+    return _tfds_source(spec, name, tfds_split or split, data_dir)
+  raise ValueError(f"unknown data source {spec!r}; expected one of {', '.join(SCHEMES)}")
