@@ -62,6 +62,6 @@ def attend(impl: str, q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_Bx
   if impl == "einsum":
     return einsum_attention(*args)
   if impl == "chunked":
-    from a3_jax import attention_chunked  # local: optional path, own module
+    from a3_jax import attention_chunked  # here: it imports `visibility` from this module
     return attention_chunked.chunked_attention(*args, chunk=chunk)
   raise ValueError(f"unknown attention implementation {impl!r}")

@@ -14,8 +14,6 @@ O(R * S) that autodiff through the loops would save.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -60,6 +58,17 @@ def chunked_attention(q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_Bx
   return out[:, :r]
 
 
+def _loop_variant(*args):
+  """Ties the arguments together so that none is computed ahead of the others.
+
+  Under grad of an enclosing scan (the model's layer scan), JAX hoists work that
+  depends only on loop-invariant inputs (the row/key integers are the same in
+  every layer) out of the loop, stacking it over all tile pairs: an [R, S] array
+  per mask. Tying the integers to the per-layer q/k/v keeps that work in the tile loop.
+  """
+  return jax.lax.optimization_barrier(args)
+
+
 def _tile_mask(rows, keys):
   """[B, cq, ck] visibility of one tile pair, from its row and key integers."""
   (limit, seg), (group, kseg) = rows, keys
@@ -67,6 +76,7 @@ def _tile_mask(rows, keys):
 
 
 def _scores(q_BxRxKxGxH, k_BxSxKxH, mask_BxRxS):
+  """Scaled fp32 scores [B, K, G, R, S] of one tile pair, masked entries at _MASKED."""
   scale = q_BxRxKxGxH.shape[-1] ** -0.5
   s = jnp.einsum("BRKGH,BSKH->BKGRS", q_BxRxKxGxH, k_BxSxKxH,
                  preferred_element_type=jnp.float32) * scale
@@ -74,36 +84,38 @@ def _scores(q_BxRxKxGxH, k_BxSxKxH, mask_BxRxS):
 
 
 def _forward(q_t, k_t, v_t, rows, keys):
-  """Tiled forward; returns out [nq, B, cq, K, G, H] and lse [nq, B, K, G, cq]."""
+  """Tiled forward; returns out [nq, B, cq, K, G, H] (fp32) and lse [nq, B, K, G, cq]."""
+  q_t, k_t, v_t, rows, keys = _loop_variant(q_t, k_t, v_t, rows, keys)
 
   def q_step(_, q_in):
-    q, row = q_in
-    b, cq, kv, g, h = q.shape
-    init = (jnp.full((b, kv, g, cq), _MASKED, jnp.float32),
-            jnp.zeros((b, kv, g, cq), jnp.float32),
-            jnp.zeros((b, kv, g, cq, h), jnp.float32))
+    q_BxRxKxGxH, row = q_in
+    b, r, kv, g, h = q_BxRxKxGxH.shape
+    init = (jnp.full((b, kv, g, r), _MASKED, jnp.float32),  # running max
+            jnp.zeros((b, kv, g, r), jnp.float32),  # running denominator
+            jnp.zeros((b, kv, g, r, h), jnp.float32))  # running numerator
 
     def k_step(carry, k_in):
-      k, v, key = k_in
-      mask = _tile_mask(row, key)
+      k_BxSxKxH, v_BxSxKxH, key = k_in
+      mask_BxRxS = _tile_mask(row, key)
 
       def update(carry):
-        m, l, acc = carry
-        s = _scores(q, k, mask)
-        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        p = jnp.exp(s - m_new[..., None]) * mask[:, None, None]
-        alpha = jnp.exp(m - m_new)
-        acc = alpha[..., None] * acc + jnp.einsum(
-            "BKGRS,BSKH->BKGRH", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return m_new, alpha * l + jnp.sum(p, axis=-1), acc
+        m_BxKxGxR, l_BxKxGxR, acc_BxKxGxRxH = carry
+        s = _scores(q_BxRxKxGxH, k_BxSxKxH, mask_BxRxS)
+        m_new = jnp.maximum(m_BxKxGxR, jnp.max(s, axis=-1))
+        p_BxKxGxRxS = jnp.exp(s - m_new[..., None]) * mask_BxRxS[:, None, None]
+        alpha = jnp.exp(m_BxKxGxR - m_new)
+        acc_BxKxGxRxH = alpha[..., None] * acc_BxKxGxRxH + jnp.einsum(
+            "BKGRS,BSKH->BKGRH", p_BxKxGxRxS.astype(v_BxSxKxH.dtype), v_BxSxKxH,
+            preferred_element_type=jnp.float32)
+        return m_new, alpha * l_BxKxGxR + jnp.sum(p_BxKxGxRxS, axis=-1), acc_BxKxGxRxH
 
-      return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry), None
+      return jax.lax.cond(jnp.any(mask_BxRxS), update, lambda c: c, carry), None
 
     (m, l, acc), _ = jax.lax.scan(k_step, init, (k_t, v_t, keys))
     empty = l == 0
-    out = acc / jnp.where(empty, 1.0, l)[..., None]
-    lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
-    return None, (jnp.einsum("BKGRH->BRKGH", out), lse)
+    out_BxKxGxRxH = acc / jnp.where(empty, 1.0, l)[..., None]
+    lse_BxKxGxR = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
+    return None, (jnp.einsum("BKGRH->BRKGH", out_BxKxGxRxH), lse_BxKxGxR)
 
   _, (out, lse) = jax.lax.scan(q_step, None, (q_t, rows))
   return out, lse
@@ -111,45 +123,53 @@ def _forward(q_t, k_t, v_t, rows, keys):
 
 def _backward(q_t, k_t, v_t, rows, keys, out_t, lse_t, dout_t):
   """Recomputes each tile's probabilities; returns fp32 dq, dk, dv tiles."""
+  q_t, k_t, v_t, rows, keys, out_t, lse_t, dout_t = _loop_variant(
+      q_t, k_t, v_t, rows, keys, out_t, lse_t, dout_t)
+  scale = q_t.shape[-1] ** -0.5
 
   def q_step(dkv, q_in):
-    q, row, out, lse, dout = q_in
-    dout = dout.astype(jnp.float32)
-    delta = jnp.einsum("BRKGH,BRKGH->BKGR", dout, out.astype(jnp.float32))
+    q_BxRxKxGxH, row, out, lse_BxKxGxR, dout = q_in
+    dout_BxRxKxGxH = dout.astype(jnp.float32)
+    delta_BxKxGxR = jnp.einsum("BRKGH,BRKGH->BKGR", dout_BxRxKxGxH, out.astype(jnp.float32))
 
-    def k_step(dq, k_in):
-      k, v, key = k_in
-      mask = _tile_mask(row, key)
+    def k_step(dq_BxRxKxGxH, k_in):
+      k_BxSxKxH, v_BxSxKxH, key = k_in
+      mask_BxRxS = _tile_mask(row, key)
 
-      def grads(dq):
-        p = jnp.exp(_scores(q, k, mask) - lse[..., None]) * mask[:, None, None]
-        dv = jnp.einsum("BKGRS,BRKGH->BSKH", p, dout)
-        dp = jnp.einsum("BRKGH,BSKH->BKGRS", dout, v.astype(jnp.float32))
-        ds = p * (dp - delta[..., None]) * (q.shape[-1] ** -0.5)
-        dq = dq + jnp.einsum("BKGRS,BSKH->BRKGH", ds, k.astype(jnp.float32))
-        dk = jnp.einsum("BKGRS,BRKGH->BSKH", ds, q.astype(jnp.float32))
-        return dq, dk, dv
+      def grads(dq_BxRxKxGxH):
+        s = _scores(q_BxRxKxGxH, k_BxSxKxH, mask_BxRxS)
+        p_BxKxGxRxS = jnp.exp(s - lse_BxKxGxR[..., None]) * mask_BxRxS[:, None, None]
+        dv_BxSxKxH = jnp.einsum("BKGRS,BRKGH->BSKH", p_BxKxGxRxS, dout_BxRxKxGxH)
+        dp = jnp.einsum("BRKGH,BSKH->BKGRS", dout_BxRxKxGxH, v_BxSxKxH.astype(jnp.float32))
+        ds_BxKxGxRxS = p_BxKxGxRxS * (dp - delta_BxKxGxR[..., None]) * scale
+        dq_BxRxKxGxH = dq_BxRxKxGxH + jnp.einsum(
+            "BKGRS,BSKH->BRKGH", ds_BxKxGxRxS, k_BxSxKxH.astype(jnp.float32))
+        dk_BxSxKxH = jnp.einsum("BKGRS,BRKGH->BSKH", ds_BxKxGxRxS,
+                                q_BxRxKxGxH.astype(jnp.float32))
+        return dq_BxRxKxGxH, dk_BxSxKxH, dv_BxSxKxH
 
-      def skip(dq):
-        zeros = jnp.zeros(k.shape, jnp.float32)
-        return dq, zeros, zeros
+      def skip(dq_BxRxKxGxH):
+        zeros = jnp.zeros(k_BxSxKxH.shape, jnp.float32)
+        return dq_BxRxKxGxH, zeros, zeros
 
-      dq, dk, dv = jax.lax.cond(jnp.any(mask), grads, skip, dq)
+      dq, dk, dv = jax.lax.cond(jnp.any(mask_BxRxS), grads, skip, dq_BxRxKxGxH)
       return dq, (dk, dv)
 
-    dq, (dk, dv) = jax.lax.scan(k_step, jnp.zeros(q.shape, jnp.float32),
+    dq, (dk, dv) = jax.lax.scan(k_step, jnp.zeros(q_BxRxKxGxH.shape, jnp.float32),
                                 (k_t, v_t, keys))
     return (dkv[0] + dk, dkv[1] + dv), dq
 
   zeros = jnp.zeros(k_t.shape, jnp.float32)
-  (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros),
-                              (q_t, rows, out_t, lse_t, dout_t))
+  (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros), (q_t, rows, out_t, lse_t, dout_t))
   return dq, dk, dv
 
 
 @jax.custom_vjp
 def _tiled_attention(q_t, k_t, v_t, rows, keys):
-  """q_t [nq, B, cq, K, G, H]; k_t, v_t [nk, B, ck, K, H] -> out like q_t (v dtype)."""
+  """q_t [nq, B, cq, K, G, H]; k_t, v_t [nk, B, ck, K, H] -> out like q_t (v dtype).
+
+  rows: (limit, seg) each [nq, B, cq]; keys: (group, seg) each [nk, B, ck].
+  """
   out, _ = _forward(q_t, k_t, v_t, rows, keys)
   return out.astype(v_t.dtype)
 
@@ -163,9 +183,9 @@ def _tiled_fwd(q_t, k_t, v_t, rows, keys):
 def _tiled_bwd(res, dout_t):
   q_t, k_t, v_t, rows, keys, out, lse = res
   dq, dk, dv = _backward(q_t, k_t, v_t, rows, keys, out, lse, dout_t)
-  no_grad = functools.partial(jax.tree.map, lambda _: None)
+  no_grad = (None, None)  # integer row/key ids
   return (dq.astype(q_t.dtype), dk.astype(k_t.dtype), dv.astype(v_t.dtype),
-          no_grad(rows), no_grad(keys))
+          no_grad, no_grad)
 
 
 _tiled_attention.defvjp(_tiled_fwd, _tiled_bwd)

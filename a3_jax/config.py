@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ("einsum", "chunked")
+ATTENTION_IMPLS = ("einsum", "chunked", "kernel")
 REMAT_POLICIES = ("none", "dots", "full")
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -54,13 +54,17 @@ class ModelConfig:
   init_std: float = 0.02
   attention: str = "einsum"
   attention_chunk: int = 512  # key/query tile for attention="chunked"
+  # Uniform group size that attention="kernel" assumes (a3_jax/attention_kernel.py);
+  # static, so every curriculum stage must use it.
+  attention_group_size: int = 1
   remat: str = "none"
   scan_layers: bool = True  # False unrolls the layer loop (same params; exact XLA FLOP counts)
 
   def __post_init__(self):
     problems = []
     for name in ("vocab_size", "d_model", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len"):
+                 "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
+                 "attention_group_size"):
       if getattr(self, name) < 1:
         problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.num_heads % max(self.num_kv_heads, 1):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a3_jax import attention
+from a3_jax import attention, attention_kernel
 from a3_jax.config import ModelConfig
 from a3_jax.layers import MLP, Projections, RMSNorm, _param, apply_rope, rope_inv_freq
 
@@ -90,8 +90,20 @@ class DecoderLayer(nn.Module):
       key_group = jnp.concatenate([cache_group, key_group], axis=1)
       key_seg = jnp.concatenate([cache_seg, key_seg], axis=1)
 
-    out_BxRxNxH = attention.attend(cfg.attention, q_BxRxNxH, keys, values, limit, seg,
-                                   key_group, key_seg, chunk=cfg.attention_chunk)
+    impl = "chunked" if cfg.attention == "kernel" else cfg.attention
+    general = lambda: attention.attend(impl, q_BxRxNxH, keys, values, limit, seg,
+                                       key_group, key_seg, chunk=cfg.attention_chunk)
+    if cfg.attention == "kernel" and cache_kv is None:
+      # Teacher-forced pass: static block masks in generation order, valid only when
+      # every row's groups are blocks of attention_group_size (else: chunked).
+      kernel = lambda: attention_kernel.two_stream_attention(
+          q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, content.limit, content.seg,
+          group_size=cfg.attention_group_size)
+      aligned = jnp.all(attention_kernel.block_aligned(content.limit, content.seg,
+                                                       cfg.attention_group_size))
+      out_BxRxNxH = jax.lax.cond(aligned, kernel, general)
+    else:  # decoding with a cache, or another implementation
+      out_BxRxNxH = general()
     out_BxRxD = nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
     t = h_BxTxD.shape[1]
     h_BxTxD = h_BxTxD + out_BxRxD[:, :t]

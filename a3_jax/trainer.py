@@ -97,7 +97,7 @@ def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
   return get_preset(job.preset, **overrides)
 
 
-def _validate(job: Job, model_config: ModelConfig, mesh) -> None:
+def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> None:
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if job.batch_size % (rows * job.train.grad_accum * jax.process_count()):
     raise ValueError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
@@ -106,6 +106,13 @@ def _validate(job: Job, model_config: ModelConfig, mesh) -> None:
   if job.seq_len > model_config.max_seq_len:
     raise ValueError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                      f"({model_config.max_seq_len})")
+  if model_config.attention == "kernel" and curriculum is not None:
+    k = model_config.attention_group_size
+    for strategy, _ in curriculum.stages:
+      if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
+          strategy.kind == "ar" and k != 1):
+        raise ValueError(f"attention=kernel assumes groups of attention_group_size={k}; "
+                         f"stage {strategy.name!r} differs (use attention=chunked)")
   for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
     if getattr(job, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(job, name)}")
@@ -129,7 +136,7 @@ def run(job: Job) -> dict:
   mesh = shd.make_mesh(job.mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
   model_config, tokenizer, pretrained = _initial(job)
-  _validate(job, model_config, mesh)
+  _validate(job, model_config, mesh, curriculum)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
                      f"{model_config.vocab_size}")
@@ -223,7 +230,7 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
   preemption = _Preemption()
   start = int(state.step)
   last_eval: dict = {}
-  tick = time.perf_counter()
+  tick = started = time.perf_counter()
   try:
     for step in range(start, job.steps):
       batch = shd.shard_batch(next(data_iter), mesh)
@@ -232,7 +239,8 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
       now = time.perf_counter()
       record = {"step": step + 1, "stage": curriculum.stage_name(step),
                 **{k: float(v) for k, v in metrics.items() if k != "stage"},
-                "tokens_per_s": job.batch_size * job.seq_len / (now - tick)}
+                "tokens_per_s": job.batch_size * job.seq_len / (now - tick),
+                "elapsed_s": now - started}
       record.update(mfu_report(model_config, job.seq_len, record["tokens_per_s"],
                                curriculum.stages[int(metrics["stage"])][0], tc.objective))
       tick = now
