@@ -49,6 +49,10 @@ def save_export(out_dir: str, params: Any, config: ModelConfig,
     if tokenizer_path is not None:
       name = ("tokenizer.json" if tokenizer_path.endswith(".json") else "tokenizer.model")
       shutil.copyfile(tokenizer_path, os.path.join(tmp, name))
+      # A tokenizer.json names its special tokens in a sibling tokenizer_config.json.
+      sidecar = os.path.join(os.path.dirname(tokenizer_path), "tokenizer_config.json")
+      if name == "tokenizer.json" and os.path.isfile(sidecar):
+        shutil.copyfile(sidecar, os.path.join(tmp, "tokenizer_config.json"))
     open(os.path.join(tmp, MARKER), "w").close()
     if os.path.exists(out_dir):
       os.rmdir(out_dir)

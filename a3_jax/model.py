@@ -60,24 +60,20 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, carry, cache_kv, content: Rows, query: Rows | None,
-               cache_group, cache_seg):
+  def __call__(self, x_BxRxD, cache_kv, content: Rows, rows: Rows, cache_group, cache_seg):
+    """x: both streams stacked on the row axis, content rows [:T] then query rows;
+    rows: their stacked metadata; content: that of the T content rows (= the new keys)."""
     cfg = self.config
-    h_BxTxD, g_BxQxD = carry
+    t = content.pos.shape[1]
     attn_norm, mlp_norm = RMSNorm(cfg, name="attn_norm"), RMSNorm(cfg, name="mlp_norm")
     proj, mlp = Projections(cfg, name="attn"), MLP(cfg, name="mlp")
     inv_freq = rope_inv_freq(cfg)
 
-    hn = attn_norm(h_BxTxD)
-    k_BxTxKxH, v_BxTxKxH = proj.key_value(hn)
+    xn_BxRxD = attn_norm(x_BxRxD)
+    # Keys and values come from the content rows only; queries from both streams.
+    k_BxTxKxH, v_BxTxKxH = proj.key_value(xn_BxRxD[:, :t])
     k_BxTxKxH = apply_rope(k_BxTxKxH, content.pos, inv_freq)
-    q_BxRxNxH = apply_rope(proj.query(hn), content.pos, inv_freq)
-    limit, seg = content.limit, content.seg
-    if g_BxQxD is not None:  # stack both streams' queries against one K/V
-      q_g = apply_rope(proj.query(attn_norm(g_BxQxD)), query.pos, inv_freq)
-      q_BxRxNxH = jnp.concatenate([q_BxRxNxH, q_g], axis=1)
-      limit = jnp.concatenate([limit, query.limit], axis=1)
-      seg = jnp.concatenate([seg, query.seg], axis=1)
+    q_BxRxNxH = apply_rope(proj.query(xn_BxRxD), rows.pos, inv_freq)
     q_BxRxNxH = nn.with_logical_constraint(q_BxRxNxH, _ACT_HEADS)
 
     # Keys: cached content (earlier groups) followed by this call's content rows,
@@ -91,7 +87,7 @@ class DecoderLayer(nn.Module):
       key_seg = jnp.concatenate([cache_seg, key_seg], axis=1)
 
     impl = "chunked" if cfg.attention == "kernel" else cfg.attention
-    general = lambda: attention.attend(impl, q_BxRxNxH, keys, values, limit, seg,
+    general = lambda: attention.attend(impl, q_BxRxNxH, keys, values, rows.limit, rows.seg,
                                        key_group, key_seg, chunk=cfg.attention_chunk)
     if cfg.attention == "kernel" and cache_kv is None:
       # Teacher-forced pass: static block masks in generation order, valid only when
@@ -104,16 +100,10 @@ class DecoderLayer(nn.Module):
       out_BxRxNxH = jax.lax.cond(aligned, kernel, general)
     else:  # decoding with a cache, or another implementation
       out_BxRxNxH = general()
-    out_BxRxD = nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
-    t = h_BxTxD.shape[1]
-    h_BxTxD = h_BxTxD + out_BxRxD[:, :t]
-    h_BxTxD = h_BxTxD + mlp(mlp_norm(h_BxTxD))
-    h_BxTxD = nn.with_logical_constraint(h_BxTxD, _ACT)
-    if g_BxQxD is not None:
-      g_BxQxD = g_BxQxD + out_BxRxD[:, t:]
-      g_BxQxD = g_BxQxD + mlp(mlp_norm(g_BxQxD))
-      g_BxQxD = nn.with_logical_constraint(g_BxQxD, _ACT)
-    return (h_BxTxD, g_BxQxD), (k_BxTxKxH, v_BxTxKxH)
+    x_BxRxD = x_BxRxD + nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
+    x_BxRxD = x_BxRxD + mlp(mlp_norm(x_BxRxD))
+    x_BxRxD = nn.with_logical_constraint(x_BxRxD, _ACT)
+    return x_BxRxD, (k_BxTxKxH, v_BxTxKxH)
 
 
 def _remat(layer_cls, policy: str):
@@ -162,17 +152,20 @@ class A3LM(nn.Module):
     """
     cfg = self.config
     h = jnp.take(self.embed, tokens_BxT, axis=0).astype(cfg.compute_dtype)
-    h = nn.with_logical_constraint(h, _ACT)
-    g = None
-    if query is not None:
+    x, rows = h, content
+    if query is not None:  # stack the query stream under the content stream, once
       g = jnp.broadcast_to(self.query_embed.astype(cfg.compute_dtype),
                            query.pos.shape + (cfg.d_model,))
+      x = jnp.concatenate([h, g], axis=1)
+      rows = Rows(*(jnp.concatenate(pair, axis=1) for pair in zip(content, query)))
+    x = nn.with_logical_constraint(x, _ACT)
     cache_kv = None if cache is None else (cache.k, cache.v)
     cache_group = None if cache is None else cache.group
     cache_seg = None if cache is None else cache.seg
-    (h, g), kv = self.layers((h, g), cache_kv, content, query, cache_group, cache_seg)
-    h = self.final_norm(h)
-    g = None if g is None else self.final_norm(g)
+    x, kv = self.layers(x, cache_kv, content, rows, cache_group, cache_seg)
+    x = self.final_norm(x)
+    t = tokens_BxT.shape[1]
+    h, g = x[:, :t], (x[:, t:] if query is not None else None)
     return h, g, kv
 
   def logits(self, hidden_BxTxD):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import time
 
@@ -18,6 +17,8 @@ import numpy as np
 from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset
+from a3_jax.convert.loader import load_pretrained
+from a3_jax.convert.tokenizer import save_tokenizer
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
 from a3_jax.data.tokenizer import load_tokenizer
 from a3_jax.flops import mfu_report
@@ -118,11 +119,10 @@ def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> Non
       raise ValueError(f"--{name} must be >= 1, got {getattr(job, name)}")
 
 
-def _initial(job: Job):
+def _initial(job: Job, mesh):
   """(model config, tokenizer, pretrained params or None)."""
   if job.init_from:
-    from a3_jax.convert.loader import load_pretrained
-    params, model_config, tokenizer = load_pretrained(job.init_from)
+    params, model_config, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
@@ -135,7 +135,7 @@ def run(job: Job) -> dict:
   curriculum = parse_curriculum(job.curriculum)
   mesh = shd.make_mesh(job.mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
-  model_config, tokenizer, pretrained = _initial(job)
+  model_config, tokenizer, pretrained = _initial(job, mesh)
   _validate(job, model_config, mesh, curriculum)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
@@ -190,10 +190,7 @@ def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
   os.makedirs(job.workdir, exist_ok=True)
   with open(os.path.join(job.workdir, "config.json"), "w") as f:
     f.write(model_config.to_json())
-  suffix = ".json" if tokenizer.path.endswith(".json") else ".model"
-  target = os.path.join(job.workdir, "tokenizer" + suffix)
-  if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    shutil.copyfile(tokenizer.path, target)
+  save_tokenizer(tokenizer, job.workdir)
 
 
 def _meta(job: Job, model_config: ModelConfig) -> dict:

@@ -17,6 +17,7 @@ import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, which safetensors
 import numpy as np
 from safetensors import safe_open
 
+from a3_jax import export
 from a3_jax.convert import hf_params
 from a3_jax.convert.tokenizer import load_hf_tokenizer
 
@@ -38,6 +39,11 @@ class HFDir:
         self.hf_config: dict[str, Any] = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    if export.is_export(path):
+      raise ValueError(f"{path} is an a3_jax export directory: pass it without 'hf:'")
+    if "model_type" not in self.hf_config and "architectures" not in self.hf_config:
+      raise ValueError(f"{path} is not a Hugging Face model directory "
+                       "(its config.json names no model_type or architectures)")
     hf_params.check_llama_config(self.hf_config)
     self._files = self._weight_files()
     self._handles: dict[str, Any] = {}

@@ -66,9 +66,14 @@ def read_config(spec: str, param_dtype: str | None = None) -> ModelConfig:
   return hf_params.config_from_hf(open_checkpoint(spec).hf_config, **overrides)
 
 
+def _abstract_params(config: ModelConfig) -> Any:
+  """Boxed ShapeDtypeStructs of A3LM's params (no compute, no memory)."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
 def default_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> Any:
   """Param shardings: the logical rules of a3_jax.sharding on `mesh`, or the default device."""
-  abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  abstract = _abstract_params(config)
   if mesh is not None:
     from a3_jax.sharding import param_shardings
     return param_shardings(abstract, mesh)
@@ -76,13 +81,15 @@ def default_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None = None
   return jax.tree.map(lambda _: device, meta.unbox(abstract))
 
 
-def _check_structure(shardings: Any, config: ModelConfig) -> None:
-  expected = jax.tree.structure(meta.unbox(jax.eval_shape(
-      lambda: init_params(config, jax.random.key(0)))))
-  got = jax.tree.structure(shardings)
-  if got != expected:
-    raise ValueError(f"shardings do not match the params of this config: got {got}, "
-                     f"expected {expected}")
+def _shardings_for(config: ModelConfig, mesh, shardings) -> Any:
+  """The given shardings, checked against the params' tree, or default_shardings."""
+  if shardings is None:
+    return default_shardings(config, mesh)
+  expected = jax.tree.structure(meta.unbox(_abstract_params(config)))
+  if jax.tree.structure(shardings) != expected:
+    raise ValueError(f"shardings do not match the params of this config: got "
+                     f"{jax.tree.structure(shardings)}, expected {expected}")
+  return shardings
 
 
 def _sharded_leaf(shape, sharding, dtype, read_slice) -> jax.Array:
@@ -136,10 +143,8 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
   kind, path = parse_spec(spec)
   if kind == "export":
     config = read_config(spec)
-    if shardings is None and mesh is not None:
-      shardings = default_shardings(config, mesh)
-    if shardings is not None:
-      _check_structure(shardings, config)
+    if shardings is not None or mesh is not None:
+      shardings = _shardings_for(config, mesh, shardings)
     params, config, tokenizer_path = export.load_export(path, shardings)
     if param_dtype is not None and param_dtype != config.param_dtype:
       config = config.replace(param_dtype=param_dtype)
@@ -150,7 +155,5 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
   config = hf_params.config_from_hf(source.hf_config, **overrides)
   hf_params.check_shapes(source.shape, config)
   tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
-  if shardings is None:
-    shardings = default_shardings(config, mesh)
-  _check_structure(shardings, config)
+  shardings = _shardings_for(config, mesh, shardings)
   return _load_source(source, config, shardings), config, tokenizer

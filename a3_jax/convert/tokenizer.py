@@ -3,8 +3,11 @@
 Every tokenizer in a3_jax offers the same small interface:
   encode(text) -> list[int]   no BOS/EOS added
   decode(ids) -> str          special tokens dropped
-  bos_id, eos_id, pad_id      int, or None when the tokenizer has none
+  bos_id, eos_id, pad_id      int; -1 when the tokenizer has none (sentencepiece's convention)
   vocab_size                  int (may be smaller than the model's embedding table)
+
+`a3_jax.data.tokenizer.Tokenizer` (sentencepiece) is the reference implementation;
+`JsonTokenizer` below is the same interface over a `tokenizers` tokenizer.json.
 
 A sentencepiece `tokenizer.model` is self-contained. A `tokenizer.json` (the
 `tokenizers` library's format, used by LLaMA 3 and SmolLM2) does not say which
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Mapping
 
 import tokenizers
@@ -33,12 +37,18 @@ def _token_text(value) -> str | None:
 
 
 class JsonTokenizer:
-  """A `tokenizers.Tokenizer` with its special token ids."""
+  """A `tokenizers.Tokenizer` with its special token ids.
+
+  `path` is the tokenizer.json it was read from, or None for one built in memory
+  (from a GGUF file): `save_tokenizer` writes either kind to a directory.
+  """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, bos_id: int | None = None,
-               eos_id: int | None = None, pad_id: int | None = None):
+               eos_id: int | None = None, pad_id: int | None = None, path: str | None = None):
     self.tokenizer = tokenizer
-    self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+    self.path = path
+    self.bos_id, self.eos_id, self.pad_id = (-1 if i is None else int(i)
+                                             for i in (bos_id, eos_id, pad_id))
 
   @classmethod
   def from_file(cls, path: str, fallback_ids: Mapping[str, int | None] | None = None):
@@ -59,7 +69,7 @@ class JsonTokenizer:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
           ids[role] = tok.token_to_id(text)
-    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"))
+    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"), path)
 
   @property
   def vocab_size(self) -> int:
@@ -76,10 +86,24 @@ class JsonTokenizer:
     path = os.path.join(directory, "tokenizer.json")
     self.tokenizer.save(path)
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
-               for role in _ROLES if getattr(self, f"{role}_id") is not None}
+               for role in _ROLES if getattr(self, f"{role}_id") >= 0}
     with open(os.path.join(directory, SIDECAR), "w") as f:
       json.dump(special, f, indent=2)
     return path
+
+
+def save_tokenizer(tokenizer, directory: str) -> str:
+  """Writes `tokenizer` into directory; returns the file to hand to save_export / export_hf.
+
+  A JsonTokenizer becomes tokenizer.json + tokenizer_config.json (its special
+  ids); a sentencepiece Tokenizer's .model file is copied to tokenizer.model.
+  """
+  if isinstance(tokenizer, JsonTokenizer):
+    return tokenizer.save(directory)
+  target = os.path.join(directory, "tokenizer.model")
+  if os.path.abspath(tokenizer.path) != os.path.abspath(target):
+    shutil.copyfile(tokenizer.path, target)
+  return target
 
 
 def _first_id(value) -> int | None:
@@ -92,8 +116,8 @@ def load_tokenizer(path: str, fallback_ids: Mapping[str, int | None] | None = No
   """The tokenizer in a `tokenizer.json` or sentencepiece `.model` file."""
   if path.endswith(".json"):
     return JsonTokenizer.from_file(path, fallback_ids)
-  from a3_jax.data.tokenizer import Tokenizer  # sentencepiece; the data layer owns it
-  return Tokenizer(path)
+  from a3_jax.data.tokenizer import load_tokenizer as load_sentencepiece  # the data layer's
+  return load_sentencepiece(path)
 
 
 def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):

@@ -43,9 +43,13 @@ class Tokenizer:
 
 
 def load_tokenizer(spec: str | None = None) -> Tokenizer:
-  """The tokenizer named by `spec`: None or "embedded" (the shipped model), else a `.model` path."""
+  """The tokenizer named by `spec`: None or "embedded" (the shipped model), a
+  sentencepiece `.model` path, or a HF `tokenizer.json` path."""
   if spec in (None, EMBEDDED):
     return Tokenizer(str(asset_path("shakespeare.model")))
+  if spec.endswith(".json") and os.path.isfile(spec):  # a HF tokenizer.json (+ its config)
+    from a3_jax.convert.tokenizer import JsonTokenizer
+    return JsonTokenizer.from_file(spec)
   if not os.path.isfile(spec):
     raise ValueError(f"tokenizer {spec!r}: no such sentencepiece .model file "
                      f"(use {EMBEDDED!r} for the embedded Shakespeare tokenizer)")
