@@ -6,5 +6,5 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("A3_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")))
+                  os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
