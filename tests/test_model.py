@@ -128,3 +128,30 @@ def test_bad_inputs_raise_clear_value_errors(model_and_params, make_bad, message
   bad_tokens, bad_groups = make_bad(tokens, groups)
   with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
     model.apply(params, bad_tokens, bad_groups)
+
+
+@pytest.mark.parametrize("overrides", [dict(remat="full"), dict(remat="dots"),
+                                       dict(scan_layers=False)])
+def test_remat_and_unrolled_layers_compute_the_same_loss_and_grads(model_and_params, overrides):
+  _, params = model_and_params
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, CFG.vocab_size, (2, T)).astype(np.int32)
+  groups = _random_groups(rng).repeat(2, 0)
+
+  def loss(p, cfg):
+    return -token_logprobs(A3LM(cfg).apply(p, tokens, groups)["query"], tokens).mean()
+
+  want = jax.value_and_grad(loss)(params, CFG)
+  got = jax.value_and_grad(loss)(params, CFG.replace(**overrides))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got[1], want[1])
+
+
+def test_bfloat16_activations_keep_fp32_params(model_and_params):
+  _, params = model_and_params
+  cfg = CFG.replace(dtype="bfloat16")
+  tokens = np.zeros((1, T), np.int32)
+  out = A3LM(cfg).apply(params, tokens, np.arange(T, dtype=np.int32)[None])
+  assert out["query"].dtype == jnp.float32  # logits are upcast for the loss
+  fresh = meta.unbox(init_params(cfg, jax.random.key(0)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(fresh))
