@@ -15,8 +15,14 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from a3_jax.config import ModelConfig
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """WORKDIR/checkpoints: gs:// and other URIs as given, local paths made absolute."""
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = None
@@ -24,7 +30,7 @@ def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = No
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
       save_interval_steps=1 if save_every is None else save_every)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(checkpoint_dir(workdir),
                                options=options, item_names=("state", "data", "meta"))
 
 
@@ -77,7 +83,13 @@ def restore_params(workdir: str, step: int | None = None):
   manager = make_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
+    raise ValueError(f"no checkpoint found under {checkpoint_dir(workdir)}")
   meta = read_meta(manager, step)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # The saved shardings name the devices of the run that wrote them (on a pod,
+  # other hosts' too): read every array onto this process's first device.
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(manager.directory / str(step) / "state").item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return restored["state"]["params"], meta, step

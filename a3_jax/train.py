@@ -10,7 +10,7 @@ import dataclasses
 
 from absl import app, flags
 
-from a3_jax import cli
+from a3_jax import cli, distributed
 from a3_jax.train_step import TrainConfig
 from a3_jax.trainer import Job, run
 
@@ -67,6 +67,7 @@ def job_from_flags() -> Job:
 
 def main(argv):
   with cli.user_errors("a3-train"):
+    distributed.initialize_from_flags()
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments: {argv[1:]}")
     run(job_from_flags())

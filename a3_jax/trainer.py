@@ -7,12 +7,13 @@ problem is a ValueError raised before anything in the workdir is written.
 from __future__ import annotations
 
 import dataclasses
-import os
+import functools
 import signal
 import time
 
 import jax
-import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
 from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
@@ -57,18 +58,32 @@ class Job:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+  """SIGTERM -> save and exit at a step the loop asks about with `reached(step)`.
+
+  One process: a Python handler sets a flag. Several: the signal may reach only
+  some of them, so JAX's preemption service (whose own SIGTERM handler
+  jax.distributed.initialize installed) picks the same step for all.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._several = jax.process_count() > 1
+    self._requested = False
+    if not self._several:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    """Call once per step on every process."""
+    if self._several:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._several:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _coerce(field: dataclasses.Field, text: str):
@@ -100,10 +115,12 @@ def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
 
 def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> None:
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  if job.batch_size % (rows * job.train.grad_accum * jax.process_count()):
+  if rows % jax.process_count():  # each process loads the rows of its own devices
+    raise ValueError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
+                     f"number of processes ({jax.process_count()})")
+  if job.batch_size % (rows * job.train.grad_accum):
     raise ValueError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
-                     f"({rows}) * grad_accum ({job.train.grad_accum}) * processes "
-                     f"({jax.process_count()})")
+                     f"({rows}) * grad_accum ({job.train.grad_accum})")
   if job.seq_len > model_config.max_seq_len:
     raise ValueError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                      f"({model_config.max_seq_len})")
@@ -187,9 +204,9 @@ def _eval_source(job: Job) -> tuple[str, str]:
 def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
   if jax.process_index():
     return
-  os.makedirs(job.workdir, exist_ok=True)
-  with open(os.path.join(job.workdir, "config.json"), "w") as f:
-    f.write(model_config.to_json())
+  run_dir = epath.Path(job.workdir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / "config.json").write_text(model_config.to_json())
   save_tokenizer(tokenizer, job.workdir)
 
 
@@ -200,16 +217,20 @@ def _meta(job: Job, model_config: ModelConfig) -> dict:
 
 
 def evaluate(eval_step, params, batches, seed_key, mesh) -> dict:
-  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry."""
+  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry.
+
+  Groups are drawn for the global batch, so the result does not depend on the
+  number of processes.
+  """
   out = {}
   for name in EVAL_GROUPINGS:
-    strategy = parse_strategy(name)
+    draw = jax.jit(functools.partial(sample_groups, parse_strategy(name)),
+                   out_shardings=shd.batch_sharding(mesh))
     nll = count = 0.0
     for i, batch in enumerate(batches):
-      key = jax.random.fold_in(seed_key, i)
-      groups = np.asarray(sample_groups(strategy, key, batch["segment_ids"], batch["positions"]))
-      stats = eval_step(params, shd.shard_batch(batch, mesh),
-                        shd.shard_batch({"g": groups}, mesh)["g"])
+      batch = shd.shard_batch(batch, mesh)
+      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"])
+      stats = eval_step(params, batch, groups)
       nll += float(stats["nll"])
       count += float(stats["count"])
     out[f"nll_{name.replace(':', '')}"] = nll / max(count, 1.0)
@@ -252,9 +273,10 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
         print(f"step {step + 1} validation " + " ".join(
             f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)
         tick = time.perf_counter()
-      if (step + 1) % job.save_every == 0 or done or preemption.requested:
+      preempted = preemption.reached(step + 1)
+      if (step + 1) % job.save_every == 0 or done or preempted:
         ckpt.save(manager, step + 1, state, data_iter, _meta(job, model_config), force=True)
-      if preemption.requested:
+      if preempted:
         print(f"SIGTERM: saved step {step + 1}, exiting", flush=True)
         break
   finally:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Mapping
 
 import tokenizers
+from etils import epath
 
 SIDECAR = "tokenizer_config.json"
 _ROLES = ("bos", "eos", "pad")
@@ -84,11 +84,10 @@ class JsonTokenizer:
   def save(self, directory: str) -> str:
     """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""
     path = os.path.join(directory, "tokenizer.json")
-    self.tokenizer.save(path)
+    epath.Path(path).write_text(self.tokenizer.to_str(pretty=True))
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
                for role in _ROLES if getattr(self, f"{role}_id") >= 0}
-    with open(os.path.join(directory, SIDECAR), "w") as f:
-      json.dump(special, f, indent=2)
+    epath.Path(directory, SIDECAR).write_text(json.dumps(special, indent=2))
     return path
 
 
@@ -102,7 +101,7 @@ def save_tokenizer(tokenizer, directory: str) -> str:
     return tokenizer.save(directory)
   target = os.path.join(directory, "tokenizer.model")
   if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    shutil.copyfile(tokenizer.path, target)
+    epath.Path(target).write_bytes(epath.Path(tokenizer.path).read_bytes())  # gs:// too
   return target
 
 
