@@ -13,7 +13,8 @@ from absl import flags
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from a3_jax.data import (VALIDATION_WORKS, load_tokenizer, load_works, make_eval_batches,
-                         make_source, make_train_iterator, to_global_batch)
+                         make_source, make_train_iterator)
+from a3_jax.sharding import batch_sharding, make_mesh, shard_batch
 
 SEQ_LEN = 32
 TINY_TFDS_DOCS = {"train": ["alpha beta", "gamma\n\ndelta", "é 漢 {x}"],
@@ -311,13 +312,12 @@ def test_pipeline_argument_errors(tokenizer, tfds_dir):
                       shard_count=2)
 
 
-def test_to_global_batch_places_host_rows_on_the_mesh(tokenizer):
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+def test_shard_batch_places_host_rows_on_the_mesh(tokenizer):
+  mesh = make_mesh("data:-1")
+  sharding = batch_sharding(mesh)
   (batch,) = make_eval_batches("shakespeare", tokenizer, seq_len=SEQ_LEN,
                                batch_size=jax.device_count(), max_batches=1)
-  global_batch = to_global_batch(batch, sharding)
+  global_batch = shard_batch(batch, mesh)
   for name, array in batch.items():
     assert global_batch[name].sharding == sharding and global_batch[name].shape == array.shape
     np.testing.assert_array_equal(np.asarray(global_batch[name]), array)

@@ -132,13 +132,3 @@ def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, b
   host_rows = slice(index * batch_size, (index + 1) * batch_size)
   return [_batch_features({name: array[host_rows] for name, array in batch.items()})
           for batch in itertools.islice(batches, max_batches)]
-
-
-def to_global_batch(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Host-local arrays [b, T] -> global arrays laid out by `sharding`.
-
-  With the batch axis split over all hosts, the global arrays are
-  [b * process_count, T].
-  """
-  return {name: jax.make_array_from_process_local_data(sharding, array)
-          for name, array in batch.items()}
