@@ -11,6 +11,7 @@ Writes go to a sibling temporary directory that is renamed into place at the end
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
@@ -26,41 +27,56 @@ MARKER = "EXPORT"
 TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
 
 
-def save_export(out_dir: str, params: Any, config: ModelConfig,
-                tokenizer_path: str | None, dtype: str | None = None) -> str:
-  """Writes params (cast to `dtype` if given) + config + tokenizer to out_dir."""
+@contextlib.contextmanager
+def staged_directory(out_dir: str, tokenizer_path: str | None):
+  """Yields a temporary sibling of out_dir that is renamed into place on success
+  and removed on any error, so out_dir is never left half-written."""
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ValueError(f"export directory {out_dir} exists and is not empty")
+    raise ValueError(f"output directory {out_dir} exists and is not empty")
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
     raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
-  params = meta.unbox(params)
-  if dtype is not None:
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-    config = config.replace(param_dtype=dtype)
   tmp = out_dir + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      f.write(config.to_json())
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, "params"), params)
-    if tokenizer_path is not None:
-      name = ("tokenizer.json" if tokenizer_path.endswith(".json") else "tokenizer.model")
-      shutil.copyfile(tokenizer_path, os.path.join(tmp, name))
-      # A tokenizer.json names its special tokens in a sibling tokenizer_config.json.
-      sidecar = os.path.join(os.path.dirname(tokenizer_path), "tokenizer_config.json")
-      if name == "tokenizer.json" and os.path.isfile(sidecar):
-        shutil.copyfile(sidecar, os.path.join(tmp, "tokenizer_config.json"))
-    open(os.path.join(tmp, MARKER), "w").close()
+    yield tmp
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.rename(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return out_dir
+
+
+def copy_tokenizer(tokenizer_path: str | None, directory: str) -> None:
+  """Copies a tokenizer.model, or a tokenizer.json with the sibling
+  tokenizer_config.json that names its special tokens."""
+  if tokenizer_path is None:
+    return
+  is_json = tokenizer_path.endswith(".json")
+  shutil.copyfile(tokenizer_path, os.path.join(
+      directory, "tokenizer.json" if is_json else "tokenizer.model"))
+  sidecar = os.path.join(os.path.dirname(tokenizer_path), "tokenizer_config.json")
+  if is_json and os.path.isfile(sidecar):
+    shutil.copyfile(sidecar, os.path.join(directory, "tokenizer_config.json"))
+
+
+def save_export(out_dir: str, params: Any, config: ModelConfig,
+                tokenizer_path: str | None, dtype: str | None = None) -> str:
+  """Writes params (cast to `dtype` if given) + config + tokenizer to out_dir."""
+  params = meta.unbox(params)
+  if dtype is not None:
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    config = config.replace(param_dtype=dtype)
+  with staged_directory(out_dir, tokenizer_path) as tmp:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config.to_json())
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), params)
+    copy_tokenizer(tokenizer_path, tmp)
+    open(os.path.join(tmp, MARKER), "w").close()
+  return os.path.abspath(out_dir)
 
 
 def is_export(path: str) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -28,7 +27,8 @@ from safetensors.numpy import save_file
 
 from a3_jax.config import ModelConfig
 from a3_jax.convert import hf_params
-from a3_jax.convert.tokenizer import SIDECAR, load_tokenizer
+from a3_jax.convert.tokenizer import load_tokenizer
+from a3_jax.export import copy_tokenizer, staged_directory
 
 _README = """\
 # A3 (any-order any-subset autoregressive) LLaMA, exported by a3_jax
@@ -51,9 +51,6 @@ def export_hf(out_dir: str, params: Any, config: ModelConfig,
   """
   if dtype is not None:
     config = config.replace(param_dtype=dtype)
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ValueError(f"output directory {out_dir} exists and is not empty")
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
     raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
   tokenizer = None if tokenizer_path is None else load_tokenizer(tokenizer_path)
@@ -65,26 +62,11 @@ def export_hf(out_dir: str, params: Any, config: ModelConfig,
     hf_config.update({f"{role}_token_id": (i if i >= 0 else None) for role, i in
                       (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id),
                        ("pad", tokenizer.pad_id))})
-  tmp = out_dir + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with staged_directory(out_dir, tokenizer_path) as tmp:
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer_path is not None:
-      is_json = tokenizer_path.endswith(".json")
-      shutil.copyfile(tokenizer_path, os.path.join(
-          tmp, "tokenizer.json" if is_json else "tokenizer.model"))
-      sidecar = os.path.join(os.path.dirname(tokenizer_path), SIDECAR)
-      if is_json and os.path.isfile(sidecar):
-        shutil.copyfile(sidecar, os.path.join(tmp, SIDECAR))
+    copy_tokenizer(tokenizer_path, tmp)
     with open(os.path.join(tmp, "README.md"), "w") as f:
       f.write(_README)
-    if os.path.exists(out_dir):
-      os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  return os.path.abspath(out_dir)
