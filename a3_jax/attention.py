@@ -47,11 +47,12 @@ def einsum_attention(q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_BxR
   scores_BxKxGxRxS = jnp.where(mask, scores_BxKxGxRxS, _MASKED)
   row_max = jnp.max(scores_BxKxGxRxS, axis=-1, keepdims=True)
   p = jnp.exp(scores_BxKxGxRxS - jax.lax.stop_gradient(row_max)) * mask
-  denom = jnp.sum(p, axis=-1, keepdims=True)
-  p = p / jnp.where(denom == 0, 1.0, denom)
-  out_BxRxKxGxH = jnp.einsum("BKGRS,BSKH->BRKGH", p.astype(v_BxSxKxH.dtype),
-                             v_BxSxKxH)
-  return out_BxRxKxGxH.reshape(b, r, n, h)
+  denom_BxKxGxRx1 = jnp.sum(p, axis=-1, keepdims=True)
+  # Normalise after the value product: one pass over [R, H] instead of [R, S].
+  out_BxKxGxRxH = jnp.einsum("BKGRS,BSKH->BKGRH", p.astype(v_BxSxKxH.dtype), v_BxSxKxH)
+  out_BxKxGxRxH = out_BxKxGxRxH / jnp.where(denom_BxKxGxRx1 == 0, 1.0, denom_BxKxGxRx1
+                                           ).astype(out_BxKxGxRxH.dtype)
+  return out_BxKxGxRxH.transpose(0, 3, 1, 2, 4).reshape(b, r, n, h)
 
 
 def attend(impl: str, q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_BxR,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
-from a3_jax import decode_loop
+from a3_jax import decode_loop, sampling
 from a3_jax.config import ModelConfig
 from a3_jax.decode_loop import DecodeResult, sequence_logprob  # noqa: F401 (re-export)
 from a3_jax.sampling import SamplerConfig
@@ -63,14 +63,16 @@ def largest_group(groups_BxT) -> int:
 
 def decode_groups(params, config: ModelConfig, tokens_BxT, groups_BxT, *,
                   sampler: SamplerConfig = SamplerConfig(), seed: int = 0, row_ids=None,
-                  eos_id: int | None = None, pad_id: int = 0,
-                  form: str = "cached") -> DecodeResult:
+                  eos_id: int | None = None, pad_id: int = 0, form: str = "cached",
+                  max_group_size: int | None = None) -> DecodeResult:
   """Samples every blank of a group schedule; see the module docstring.
 
   params: the (unboxed) A3LM params. row_ids [B]: the id each row's randomness
   derives from (default 0..B-1). form: 'cached' | 'uncached' | 'recompute'
-  (decode_loop). Returns DecodeResult (tokens, groups = commit step, exact
-  log-prob under that grouping, length).
+  (decode_loop). max_group_size: the static group buffer (default: the largest
+  group); calls with equal shapes and buffer share one compiled decoder.
+  Returns DecodeResult (tokens, groups = commit step, exact log-prob under that
+  grouping, length).
   """
   decode_loop.check_form(form)
   groups = np.asarray(groups_BxT)
@@ -79,18 +81,24 @@ def decode_groups(params, config: ModelConfig, tokens_BxT, groups_BxT, *,
     raise ValueError(f"group ids must be integers shaped like the tokens {tokens.shape}, "
                      f"got {groups.dtype} {groups.shape}")
   rows = decode_loop.check_tokens(config, tokens, groups == 0, row_ids)
-  if eos_id is not None and not 0 <= eos_id < config.vocab_size:
-    raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {config.vocab_size})")
+  decode_loop.check_special_ids(config, eos_id, pad_id)
+  group_size = largest_group(groups)
+  if max_group_size is not None:
+    if not group_size <= max_group_size <= tokens.shape[1]:
+      raise ValueError(f"max_group_size {max_group_size} must lie between the largest "
+                       f"group ({group_size} positions) and the length ({tokens.shape[1]})")
+    group_size = max_group_size
   return _decode_groups(meta.unbox(params), jnp.asarray(tokens_BxT, jnp.int32),
                         jnp.asarray(groups_BxT, jnp.int32), jnp.int32(seed), rows,
-                        config=config, sampler=sampler, group_size=largest_group(groups),
-                        eos_id=eos_id, pad_id=pad_id, form=form)
+                        sampling.sampler_arrays(sampler),
+                        jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
+                        config=config, group_size=group_size,
+                        num_known=decode_loop.prefill_size(groups == 0), form=form)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampler", "group_size", "eos_id",
-                                             "pad_id", "form"))
-def _decode_groups(params, tokens_BxT, groups_BxT, seed, row_ids_B, *, config, sampler,
-                   group_size, eos_id, pad_id, form):
+@functools.partial(jax.jit, static_argnames=("config", "group_size", "num_known", "form"))
+def _decode_groups(params, tokens_BxT, groups_BxT, seed, row_ids_B, sampler, eos_id, pad_id,
+                   *, config, group_size, num_known, form):
   sched_BxT = groups_BxT
   int_max = jnp.iinfo(jnp.int32).max
 
@@ -106,7 +114,6 @@ def _decode_groups(params, tokens_BxT, groups_BxT, seed, row_ids_B, *, config, s
     del logp_BxKxV, step
     return jnp.broadcast_to(jnp.arange(group_size), idx_BxK.shape), ok_BxK
 
-  policy = decode_loop.Policy(group_size, group_size, candidates, choose)
+  policy = decode_loop.Policy(group_size, group_size, num_known, candidates, choose)
   return decode_loop.run(params, config, tokens_BxT, groups_BxT == 0, groups_BxT >= 0, seed,
-                         row_ids_B, policy, form=form, sampler=sampler, eos_id=eos_id,
-                         pad_id=pad_id)
+                         row_ids_B, policy, sampler, eos_id, pad_id, form=form)

@@ -53,7 +53,8 @@ class DecodeResult(NamedTuple):
 
 
 class Policy(NamedTuple):
-  """How a decoder picks positions. Q = num_query candidates, R = num_commit.
+  """How a decoder picks positions. Q = num_query candidates, R = num_commit,
+  P = num_known (the prefill buffer: at least the most known tokens of a row).
 
   candidates(groups_BxT, done_B) -> (idx_BxQ positions, ok_BxQ)
   choose(logp_BxQxV, idx_BxQ, ok_BxQ, step) -> (slot_BxR indices into Q, take_BxR)
@@ -61,6 +62,7 @@ class Policy(NamedTuple):
 
   num_query: int
   num_commit: int
+  num_known: int
   candidates: Callable
   choose: Callable
 
@@ -103,6 +105,19 @@ def check_tokens(config: ModelConfig, tokens: np.ndarray, known: np.ndarray,
   return rows.astype(np.int32)
 
 
+def check_special_ids(config: ModelConfig, eos_id: int | None, pad_id: int) -> None:
+  for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+    if value is not None and not 0 <= value < config.vocab_size:
+      raise ValueError(f"{name} {value} is outside the vocabulary [0, {config.vocab_size})")
+
+
+def prefill_size(known: np.ndarray) -> int:
+  """Static prefill buffer P for bool [B, T] known tokens: the most in one row,
+  rounded up to a power of two so that prompts of similar length share a compile."""
+  most = int(known.sum(axis=1).max()) if known.size else 0
+  return min(known.shape[1], 1 << max(most - 1, 0).bit_length())
+
+
 def sequence_logprob(params, config: ModelConfig, tokens_BxT, groups_BxT):
   """Exact log p of the committed tokens under a grouping, one teacher-forced pass.
 
@@ -123,9 +138,12 @@ def _scatter(x_BxT, pos_BxR, take_BxR, values):
 
 
 def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B,
-        policy: Policy, *, form: str, sampler: sampling.SamplerConfig,
-        eos_id: int | None, pad_id: int) -> DecodeResult:
-  """Decodes every valid non-known position of every row (traceable; jit the caller)."""
+        policy: Policy, sampler, eos_id, pad_id, *, form: str) -> DecodeResult:
+  """Decodes every valid non-known position of every row (traceable; jit the caller).
+
+  sampler: `sampling.sampler_arrays`; eos_id (-1 = none) and pad_id: int scalars.
+  All of these may be traced, so one compiled decoder serves every setting.
+  """
   model = A3LM(config)
   b, t = tokens_BxT.shape
   r = policy.num_commit
@@ -137,10 +155,15 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
     return model.apply(params, g, method=A3LM.logits), kv
 
   def prefill(state, idx_BxQ, ok_BxQ):
-    content = Rows(jnp.zeros_like(pos_BxT), known_BxT.astype(jnp.int32), pos_BxT)
+    # Known tokens (group 0) gathered into P content rows; fused with step 1's queries.
+    p = policy.num_known
+    known_idx_BxP = jnp.argsort(~known_BxT, axis=1, stable=True)[:, :p].astype(jnp.int32)
+    known_ok_BxP = jnp.take_along_axis(known_BxT, known_idx_BxP, axis=1)
+    content = Rows(jnp.zeros((b, p), jnp.int32), known_ok_BxP.astype(jnp.int32), known_idx_BxP)
     query = Rows(jnp.zeros_like(idx_BxQ), ok_BxQ.astype(jnp.int32), idx_BxQ)
-    logits, (k, v) = forward(state.tokens, content, query, None)
-    cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_BxT, 0)
+    tokens_BxP = jnp.take_along_axis(state.tokens, known_idx_BxP, axis=1)
+    logits, (k, v) = forward(tokens_BxP, content, query, None)
+    cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_ok_BxP, 0)
     return logits, state._replace(cache=cache, fill=fill)
 
   def cached_step(state, idx_BxQ, ok_BxQ):
@@ -178,17 +201,15 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
         jnp.take_along_axis(logp_BxQxV, slot_BxR[..., None], axis=1), tok_BxR[..., None],
         axis=-1)[..., 0]
 
-    length = state.length
-    stop_B = jnp.zeros((b,), bool)
-    if eos_id is not None:
-      tokens1 = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
-      groups1 = _scatter(state.groups, pos_BxR, take_BxR, t_now)
-      is_eos = (groups1 > 0) & (tokens1 == eos_id)
-      e_B = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), t)
-      gap_before = jnp.any(valid_BxT & (groups1 < 0) & (pos_BxT < e_B[:, None]), axis=1)
-      stop_B = (e_B < t) & ~gap_before & ~state.done
-      take_BxR = take_BxR & ~(stop_B[:, None] & (pos_BxR > e_B[:, None]))
-      length = jnp.where(stop_B, e_B + 1, length)
+    # EOS: the first generated EOS, once every position before it is filled.
+    tokens1 = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
+    groups1 = _scatter(state.groups, pos_BxR, take_BxR, t_now)
+    is_eos = (groups1 > 0) & (tokens1 == eos_id)
+    e_B = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), t)
+    gap_before = jnp.any(valid_BxT & (groups1 < 0) & (pos_BxT < e_B[:, None]), axis=1)
+    stop_B = (e_B < t) & ~gap_before & ~state.done
+    take_BxR = take_BxR & ~(stop_B[:, None] & (pos_BxR > e_B[:, None]))
+    length = jnp.where(stop_B, e_B + 1, state.length)
 
     tokens = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
     groups = _scatter(state.groups, pos_BxR, take_BxR, t_now)

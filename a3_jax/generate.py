@@ -1,0 +1,188 @@
+"""`a3-generate`: fill blanks in a prompt, or continue it, with an A3 checkpoint.
+
+  a3-generate --checkpoint=exports/default --prompt='To be, or <blank:4> to be'
+  a3-generate --checkpoint=exports/default --prompt='ROMEO:' --max_new_tokens=64 \\
+      --decoder=dynamic --criterion=entropy --block_size=16 --num_samples=3
+  a3-generate --checkpoint=exports/default --prompt='<blank:8> the king.' --show_order
+
+`<blank:N>` stands for N tokens to generate, anywhere in the prompt;
+--max_new_tokens appends that many more (a prompt without blanks stops at EOS). Known
+tokens form group 0. --decoder=group decodes the blanks in groups of
+--group_size (--order l2r or random); --decoder=dynamic commits the
+--commit_per_step best blanks per step by --criterion. Prints each sample's
+text and exact log-probability (of the generated tokens under the grouping
+they were generated in); --show_order adds the step each token was committed
+in; --json prints one JSON object per sample instead.
+--checkpoint: an a3-export directory, hf:DIR or gguf:FILE.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import numpy as np
+from absl import flags
+
+from a3_jax import cli, decode, decode_dynamic
+from a3_jax.sampling import SamplerConfig
+
+F = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
+flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
+flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate")
+flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt")
+flags.DEFINE_string("decoder", "group", "group | dynamic")
+flags.DEFINE_string("form", "cached", "cached (KV cache) | recompute (the authors' form: "
+                    "committed tokens as one group, full re-run per step)")
+flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group")
+flags.DEFINE_string("order", "l2r", "group decoder: l2r | random")
+flags.DEFINE_string("criterion", "confidence", "dynamic decoder: " + " | ".join(
+    decode_dynamic.CRITERIA))
+flags.DEFINE_integer("commit_per_step", 1, "dynamic decoder: blanks committed per step")
+flags.DEFINE_float("threshold", 0.9, "dynamic decoder, --criterion=threshold: commit every "
+                   "blank at least this confident")
+flags.DEFINE_integer("block_size", 0, "dynamic decoder: semi-autoregressive blocks of this "
+                     "many blanks (0 = off)")
+flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
+flags.DEFINE_integer("top_k", 0, "keep the k most likely tokens (0 = off)")
+flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_integer("num_samples", 1, "independent samples")
+flags.DEFINE_bool("json", False, "one JSON object per sample")
+flags.DEFINE_bool("show_order", False, "show the step each generated token was committed in")
+
+DECODERS = ("group", "dynamic")
+_BLANK = re.compile(r"<blank:([^>]*)>")
+
+
+def parse_prompt(prompt: str, tokenizer, max_new_tokens: int):
+  """(tokens [T], known [T]) of a prompt with <blank:N> markers and trailing blanks."""
+  tokens, known = [], []
+  pieces = _BLANK.split(prompt)  # text, N, text, N, ..., text
+  for i, piece in enumerate(pieces):
+    if i % 2:
+      if not piece.strip().isdigit() or int(piece) < 1:
+        raise ValueError(f"malformed blank <blank:{piece}>: write <blank:N> with N >= 1")
+      tokens += [0] * int(piece)
+      known += [False] * int(piece)
+    elif piece:
+      ids = tokenizer.encode(piece)
+      tokens += ids
+      known += [True] * len(ids)
+  tokens += [0] * max_new_tokens
+  known += [False] * max_new_tokens
+  if all(known):
+    raise ValueError("nothing to generate: put <blank:N> in --prompt or set --max_new_tokens")
+  return np.asarray(tokens, np.int32), np.asarray(known, bool)
+
+
+def _check_flags() -> None:
+  if not F.checkpoint:
+    raise ValueError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
+  if F.prompt is None:
+    raise ValueError("--prompt is required (use <blank:N> for N tokens to generate)")
+  if F.decoder not in DECODERS:
+    raise ValueError(f"unknown --decoder {F.decoder!r}; choose one of {DECODERS}")
+  if F.form not in ("cached", "recompute"):
+    raise ValueError(f"unknown --form {F.form!r}; choose cached or recompute")
+  if F.group_size < 1:
+    raise ValueError(f"--group_size must be >= 1, got {F.group_size}")
+  if F.order not in decode.ORDERS:
+    raise ValueError(f"unknown --order {F.order!r}; choose one of {decode.ORDERS}")
+  if F.criterion not in decode_dynamic.CRITERIA:
+    raise ValueError(f"unknown --criterion {F.criterion!r}; choose one of "
+                     f"{decode_dynamic.CRITERIA}")
+  for name in ("commit_per_step", "num_samples"):
+    if getattr(F, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(F, name)}")
+  for name in ("max_new_tokens", "block_size"):
+    if getattr(F, name) < 0:
+      raise ValueError(f"--{name} must be >= 0, got {getattr(F, name)}")
+  if not 0.0 <= F.threshold <= 1.0:
+    raise ValueError(f"--threshold must be in [0, 1], got {F.threshold}")
+  SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
+
+
+def _load(spec: str, tokenizer_path: str | None):
+  from a3_jax.convert.loader import load_pretrained
+  from a3_jax.convert.tokenizer import load_tokenizer
+  tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+  params, config, own = load_pretrained(spec)
+  tokenizer = tokenizer or own
+  if tokenizer is None:
+    raise ValueError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
+  return params, config, tokenizer
+
+
+def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
+  """Decodes --num_samples rows of one prompt with the decoder the flags select."""
+  n = F.num_samples
+  tokens = np.broadcast_to(tokens_T, (n, len(tokens_T)))
+  known = np.broadcast_to(known_T, tokens.shape)
+  common = dict(sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed,
+                eos_id=eos_id, pad_id=max(tokenizer.pad_id, 0), form=F.form)
+  if F.decoder == "group":
+    groups = decode.schedule(known, order=F.order, group_size=F.group_size, seed=F.seed)
+    return decode.decode_groups(params, config, tokens, groups, **common)
+  return decode_dynamic.decode_dynamic(
+      params, config, tokens, known, criterion=F.criterion, commit_per_step=F.commit_per_step,
+      threshold=F.threshold, block_size=F.block_size, **common)
+
+
+def render(tokenizer, tokens_T, groups_T, length: int, logprob: float) -> dict:
+  """One sample: its text (up to EOS), log-prob, and the commit order of its tokens."""
+  keep = np.flatnonzero(groups_T[:length] >= 0)
+  generated = keep[groups_T[keep] > 0]
+  steps = {}
+  for i in generated:
+    steps.setdefault(int(groups_T[i]), []).append(
+        {"position": int(i), "token": int(tokens_T[i]), "text": tokenizer.decode([tokens_T[i]])})
+  return {"text": tokenizer.decode(tokens_T[keep]), "logprob": float(logprob),
+          "generated_tokens": int(len(generated)), "tokens": tokens_T[keep].tolist(),
+          "groups": groups_T[keep].tolist(),
+          "steps": [{"step": s, "committed": steps[s]} for s in sorted(steps)]}
+
+
+def format_sample(index: int, sample: dict, show_order: bool) -> str:
+  lines = [f"--- sample {index} ---", sample["text"],
+           f"log p = {sample['logprob']:.4f} ({sample['generated_tokens']} generated tokens, "
+           f"{len(sample['steps'])} steps)"]
+  if show_order:
+    for step in sample["steps"]:
+      lines.append(f"step {step['step']:>3}: " + "  ".join(
+          f"{c['position']}:{c['text']!r}" for c in step["committed"]))
+  return "\n".join(lines)
+
+
+def main(argv):
+  with cli.user_errors("a3-generate"):
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments: {argv[1:]}")
+    _check_flags()
+    params, config, tokenizer = _load(F.checkpoint, F.tokenizer)
+    tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
+    if len(tokens_T) > config.max_seq_len:
+      raise ValueError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
+                       f"model's maximum of {config.max_seq_len}")
+    # Only a plain continuation stops at EOS: an EOS in an infilled blank would
+    # cut off the known text after it.
+    continuation = known_T[:len(known_T) - F.max_new_tokens].all()
+    eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
+    out = jax.device_get(generate(params, config, tokenizer, tokens_T, known_T, eos_id))
+    for i in range(F.num_samples):
+      sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
+                      out.logprob[i])
+      if F.json:
+        print(json.dumps({"sample": i, **sample}), flush=True)
+      else:
+        print(format_sample(i, sample, F.show_order), flush=True)
+
+
+def entry():
+  cli.run_app(main)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,83 @@
+"""a3-generate: infilling and continuation from an export; bad input exits 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from flax.linen import meta
+
+from a3_jax.config import get_preset
+from a3_jax.model import init_params
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  """A tiny random model with the embedded tokenizer."""
+  from a3_jax.data.tokenizer import load_tokenizer
+  from a3_jax.export import save_export
+  tokenizer = load_tokenizer()
+  config = get_preset("tiny", vocab_size=tokenizer.vocab_size)
+  params = meta.unbox(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)))
+  return save_export(str(tmp_path_factory.mktemp("generate") / "export"), params, config,
+                     tokenizer.path)
+
+
+def _generate(*args):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one device: fastest for tiny runs
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+  return subprocess.run([sys.executable, "-m", "a3_jax.generate", *args], capture_output=True,
+                        text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_infill_and_continue_json(export_dir):
+  from a3_jax.data.tokenizer import load_tokenizer
+  tokenizer = load_tokenizer()
+  proc = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:3> and foul",
+                   "--max_new_tokens=4", "--decoder=dynamic", "--commit_per_step=2",
+                   "--num_samples=2", "--seed=1", "--json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  samples = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  assert [s["sample"] for s in samples] == [0, 1]
+  prefix, middle = tokenizer.encode("Fair is "), tokenizer.encode(" and foul")
+  for s in samples:
+    n = len(prefix)
+    assert s["tokens"][:n] == prefix and s["tokens"][n + 3:n + 3 + len(middle)] == middle
+    assert s["groups"][:n] == [0] * n and min(s["groups"][n:n + 3]) >= 1
+    assert s["logprob"] < 0 and all(len(step["committed"]) <= 2 for step in s["steps"])
+  assert samples[0]["tokens"] != samples[1]["tokens"]
+
+
+@pytest.mark.slow
+def test_group_decoder_text_with_order(export_dir):
+  proc = _generate(f"--checkpoint={export_dir}", "--prompt=<blank:4> the king.",
+                   "--group_size=2", "--order=random", "--temperature=0", "--show_order")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0] == "--- sample 0 ---" and lines[1].endswith(" the king.")
+  assert "log p = " in lines[2] and "(4 generated tokens, 2 steps)" in lines[2]
+  assert lines[3].startswith("step   1: ") and lines[4].startswith("step   2: ")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt=" + "word " * 300 + "<blank:2>"], "more than the model's maximum of 256"),
+    (["--prompt=no blanks here"], "nothing to generate"),
+    (["--prompt=a <blank:x> b"], "malformed blank"),
+    (["--prompt=a <blank:2>", "--decoder=dynamic", "--criterion=surprise"],
+     "unknown --criterion 'surprise'"),
+    (["--prompt=a <blank:2>", "--group_size=0"], "--group_size must be >= 1"),
+    (["--prompt=a <blank:2>", "--checkpoint=NOT_AN_EXPORT"], "not an a3_jax export"),
+])
+def test_bad_input_exits_2_with_one_line(export_dir, tmp_path, args, message):
+  checkpoint = [] if any(a.startswith("--checkpoint") for a in args) else [
+      f"--checkpoint={export_dir}"]
+  args = [a.replace("NOT_AN_EXPORT", str(tmp_path)) for a in args]
+  proc = _generate(*checkpoint, *args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("a3-generate: error:"), lines
+  assert message in lines[0], lines
