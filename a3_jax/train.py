@@ -15,7 +15,7 @@ from a3_jax.train_step import TrainConfig
 from a3_jax.trainer import Job, run
 
 _D = Job()
-_T = TrainConfig()
+_T = _D.train
 F = flags.FLAGS
 flags.DEFINE_string("workdir", _D.workdir, "run directory: checkpoints, metrics.jsonl, tensorboard/")
 flags.DEFINE_string("preset", _D.preset, "model preset (a3_jax.config.PRESETS)")

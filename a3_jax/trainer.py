@@ -37,10 +37,10 @@ class Job:
 
   workdir: str = "runs/default"
   preset: str = "small"
-  steps: int = 500
+  steps: int = 300
   batch_size: int = 16
   seq_len: int = 128
-  curriculum: str = "ar:100,block:2:80,block:4:80,perm:4:240"
+  curriculum: str = "ar:60,block:2:40,block:4:40,perm:4:160"
   data: str = "shakespeare"
   eval_data: str | None = None
   data_dir: str | None = None
@@ -53,7 +53,7 @@ class Job:
   max_to_keep: int = 3
   init_from: str | None = None
   model_overrides: tuple[tuple[str, str], ...] = ()
-  train: TrainConfig = TrainConfig()
+  train: TrainConfig = TrainConfig(lr=1e-3, warmup_steps=30)  # the short CPU default
   worker_count: int = 0
 
 
