@@ -51,8 +51,8 @@ def flops_per_token(config: ModelConfig, seq_len: int, strategy: Strategy | None
   head = 2 * d * config.vocab_size
   attn_pair = 4 * n * h
   t = float(seq_len)
-  if objective == "ar":
-    per_layer = q_o + k_v + mlp + attn_pair * (t + 1) / 2
+  if objective in ("ar", "mdm"):  # one stream; mdm attends to the whole row
+    per_layer = q_o + k_v + mlp + attn_pair * (t if objective == "mdm" else (t + 1) / 2)
     return 3.0 * (config.num_layers * per_layer + head)
   g = _group_size(strategy, seq_len) if strategy is not None else 1.0
   content = q_o + k_v + mlp + attn_pair * (t + g) / 2

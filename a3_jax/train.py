@@ -32,7 +32,8 @@ flags.DEFINE_integer("grad_accum", _T.grad_accum, "micro-batches per step")
 flags.DEFINE_float("z_loss", _T.z_loss, "z-loss coefficient")
 flags.DEFINE_bool("count_first_group", _T.count_first_group,
                   "count tokens of each document's first group (predicted from nothing) in the loss")
-flags.DEFINE_enum("objective", _T.objective, ["a3", "ar"], "a3: two-stream grouped loss; ar: causal baseline")
+flags.DEFINE_enum("objective", _T.objective, ["a3", "ar", "mdm"],
+                  "a3: two-stream grouped loss; ar: causal baseline; mdm: masked-diffusion baseline")
 flags.DEFINE_string("curriculum", _D.curriculum,
                     "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
                     "the last stage runs on past its steps")

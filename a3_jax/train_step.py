@@ -17,20 +17,22 @@ import jax.numpy as jnp
 import optax
 from flax.linen import meta
 
+from a3_jax import mdm
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
 from a3_jax.loss import grouped_nll, loss_weights
 from a3_jax.model import A3LM, init_params, stream_rows
 
-OBJECTIVES = ("a3", "ar")
+OBJECTIVES = ("a3", "ar", "mdm")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Optimisation settings. `objective='ar'` trains the causal baseline
-  (content stream only, next-token loss) on the same backbone."""
+  (content stream only, next-token loss) on the same backbone; 'mdm' the
+  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss)."""
 
   lr: float = 3e-4
   warmup_steps: int = 100
@@ -124,11 +126,14 @@ def batch_groups(curriculum: Curriculum, step, key, batch):
   return stage, stage_groups(curriculum, stage, key, batch["segment_ids"], batch["positions"])
 
 
-def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
+def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None):
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
-  batch: tokens, segment_ids, positions [B, T] int32.
+  batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
+  which objective 'mdm' draws its noise (the grouping is then unused).
   """
+  if tc.objective == "mdm":
+    return mdm.loss_stats(model, tc, params, batch, key)
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   if tc.objective == "ar":
     content, _ = stream_rows(pos, seg, pos)
@@ -151,29 +156,29 @@ def loss_fn(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
   return (stats["nll"] + stats["z"]) / count, stats
 
 
-def _accumulated_grads(model, tc, params, batch, groups_BxT):
+def _accumulated_grads(model, tc, params, batch, groups_BxT, key):
   """Gradient of the token-mean loss over grad_accum micro-batches (scan)."""
-  def sum_loss(p, micro, groups):
-    stats = loss_stats(model, tc, p, micro, groups)
+  def sum_loss(p, micro, groups, k):
+    stats = loss_stats(model, tc, p, micro, groups, k)
     return stats["nll"] + stats["z"], stats
 
   grad_fn = jax.grad(sum_loss, has_aux=True)
   a = tc.grad_accum
   if a == 1:
-    grads, stats = grad_fn(params, batch, groups_BxT)
+    grads, stats = grad_fn(params, batch, groups_BxT, key)
   else:
     split = lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:])
     micro_batches = jax.tree.map(split, batch)
 
     def body(acc, xs):
-      micro, groups = xs
-      g, s = grad_fn(params, micro, groups)
+      micro, groups, k = xs
+      g, s = grad_fn(params, micro, groups, k)
       return jax.tree.map(jnp.add, acc, (g, s)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     zero_stats = {k: jnp.zeros((), jnp.float32) for k in ("nll", "count", "correct", "z")}
     (grads, stats), _ = jax.lax.scan(body, (zeros, zero_stats),
-                                     (micro_batches, split(groups_BxT)))
+                                     (micro_batches, split(groups_BxT), jax.random.split(key, a)))
   count = jnp.maximum(stats["count"], 1.0)
   return jax.tree.map(lambda g: g / count, grads), stats
 
@@ -188,7 +193,7 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   def step_fn(state: TrainState, batch, seed_key):
     key = jax.random.fold_in(seed_key, state.step)
     stage, groups = batch_groups(curriculum, state.step, key, batch)
-    grads, stats = _accumulated_grads(model, tc, state.params, batch, groups)
+    grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)
@@ -215,10 +220,11 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
 
 
 def make_eval_step(model_config: ModelConfig, tc: TrainConfig, mesh, shardings: TrainState):
-  """jit(params, batch, groups) -> summed stats (nll, count, correct, z)."""
+  """jit(params, batch, groups) -> summed stats (nll, count, correct, z); 'mdm'
+  draws its noise from one fixed key, so evals are comparable."""
   model = A3LM(model_config)
   batch_shard = shd.batch_sharding(mesh)
-  jitted = jax.jit(lambda p, b, g: loss_stats(model, tc, p, b, g),
+  jitted = jax.jit(lambda p, b, g: loss_stats(model, tc, p, b, g, jax.random.key(0)),
                    in_shardings=(shardings.params, batch_shard, batch_shard))
 
   def run(params, batch, groups):

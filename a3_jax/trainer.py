@@ -37,10 +37,10 @@ class Job:
 
   workdir: str = "runs/default"
   preset: str = "small"
-  steps: int = 300
-  batch_size: int = 16
+  steps: int = 400
+  batch_size: int = 8
   seq_len: int = 128
-  curriculum: str = "ar:60,block:2:40,block:4:40,perm:4:160"
+  curriculum: str = "ar:80,block:2:60,block:4:60,perm:4:200"
   data: str = "shakespeare"
   eval_data: str | None = None
   data_dir: str | None = None
@@ -216,15 +216,17 @@ def _meta(job: Job, model_config: ModelConfig) -> dict:
           "seed": job.seed, "objective": job.train.objective}
 
 
-def evaluate(eval_step, params, batches, seed_key, mesh) -> dict:
-  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry.
+def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3") -> dict:
+  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry
+  (objective 'mdm': its NELBO per token, as nll_mdm).
 
   Groups are drawn for the global batch, so the result does not depend on the
   number of processes.
   """
   out = {}
-  for name in EVAL_GROUPINGS:
-    draw = jax.jit(functools.partial(sample_groups, parse_strategy(name)),
+  for name in ("mdm",) if objective == "mdm" else EVAL_GROUPINGS:
+    strategy = parse_strategy("ar" if name == "mdm" else name)  # mdm ignores the groups
+    draw = jax.jit(functools.partial(sample_groups, strategy),
                    out_shardings=shd.batch_sharding(mesh))
     nll = count = 0.0
     for i, batch in enumerate(batches):
@@ -268,7 +270,7 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
               f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}", flush=True)
       done = step + 1 == job.steps
       if (step + 1) % job.eval_every == 0 or done:
-        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh)
+        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh, tc.objective)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         print(f"step {step + 1} validation " + " ".join(
             f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)

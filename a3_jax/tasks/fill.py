@@ -1,0 +1,96 @@
+"""Filling blanks, greedily, with every model kind: the generation side of the tasks.
+
+A request is tokens [B, T] with known [B, T] (given tokens) and valid [B, T]
+(False = padding); every valid non-known position is a blank. Methods:
+
+  a3          group decoding (decode.decode_groups): blanks left to right in
+              groups of `group_size`, one model call per group
+  a3-dynamic  dynamic resampling (decode_dynamic): the `group_size` most
+              confident blanks per model call
+  ar          the causal baseline (content stream): blanks left to right, one
+              call per blank, from the tokens to their left only
+  mdm         the masked-diffusion baseline (mdm.generate): confidence-ordered
+              unmasking in ceil(blanks / group_size) calls
+
+`fill` returns the tokens and the number of model calls of the longest row, so
+methods can be compared at equal numbers of calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen import meta
+
+from a3_jax.config import ModelConfig
+from a3_jax.model import A3LM, Rows
+from a3_jax.sampling import SamplerConfig
+
+METHODS = ("a3", "a3-dynamic", "ar", "mdm")
+GREEDY = SamplerConfig(temperature=0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
+  """Greedy left-to-right fill with the content stream; one full pass per column
+  that holds a blank in some row (columns without one are skipped)."""
+  model = A3LM(config)
+  b, t = tokens_BxT.shape
+  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  rows = Rows(pos_BxT, jnp.ones_like(pos_BxT), pos_BxT)
+
+  def column(i, tokens):
+    def predict(tokens):
+      h, _, _ = model.apply(params, tokens, rows, None, method=A3LM.forward)
+      h_prev = jax.lax.dynamic_slice_in_dim(h, i - 1, 1, axis=1)
+      nxt_B = jnp.argmax(model.apply(params, h_prev, method=A3LM.logits)[:, 0], axis=-1)
+      return tokens.at[:, i].set(jnp.where(blank_BxT[:, i], nxt_B, tokens[:, i]))
+    return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
+
+  return jax.lax.fori_loop(1, t, column, tokens_BxT)
+
+
+def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
+         method: str = "a3", group_size: int = 1, eos_id: int | None = None,
+         seed: int = 0) -> tuple[np.ndarray, int]:
+  """(filled tokens [B, T], model calls of the longest row); see the module docstring.
+
+  eos_id (a3, a3-dynamic): a row stops once it holds EOS with every earlier
+  blank filled; later blanks keep the pad token 0.
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown fill method {method!r}; choose one of {METHODS}")
+  if group_size < 1:
+    raise ValueError(f"group_size must be >= 1, got {group_size}")
+  tokens = np.asarray(tokens_BxT, np.int32)
+  known = np.asarray(known_BxT, bool)
+  valid = np.ones(tokens.shape, bool) if valid_BxT is None else np.asarray(valid_BxT, bool)
+  blanks = valid & ~known
+  most = int(blanks.sum(axis=1).max()) if blanks.size else 0
+  if most == 0:
+    return tokens, 0
+  params = meta.unbox(params)
+  if method == "a3":
+    from a3_jax import decode
+    groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
+    out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
+                               eos_id=eos_id)
+    return np.asarray(out.tokens), math.ceil(most / group_size)
+  if method == "a3-dynamic":
+    from a3_jax.decode_dynamic import decode_dynamic
+    out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
+                         criterion="confidence", commit_per_step=group_size,
+                         sampler=GREEDY, seed=seed, eos_id=eos_id)
+    return np.asarray(out.tokens), math.ceil(most / group_size)
+  if method == "mdm":
+    from a3_jax import mdm
+    steps = math.ceil(most / group_size)
+    return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed), steps
+  if np.any(blanks[:, 0]):
+    raise ValueError("the causal baseline cannot fill position 0: it has no left context")
+  out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
+  return np.asarray(out), int(blanks.any(axis=0).sum())

@@ -1,0 +1,115 @@
+"""ROCStories-style infilling: sentences 1-2 and 4-5 given, sentence 3 generated
+at its gold length in tokens, scored with ROUGE-1/2/L F1 x 100 (rouge-score, the
+reference implementation; no stemming).
+
+Accepted records (csv or jsonl): the Story Cloze csv (InputSentence1..4 and
+RandomFifthSentenceQuiz1/2 with AnswerRightEnding: the right ending is
+sentence 5), the ROCStories csv (sentence1..sentence5), or {"sentences": [5]}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from a3_jax.config import ModelConfig
+from a3_jax.tasks import fill as fill_lib
+from a3_jax.tasks import readers
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclasses.dataclass(frozen=True)
+class Story:
+  sentences: tuple[str, str, str, str, str]
+
+  @property
+  def prefix(self) -> str:
+    return " ".join(self.sentences[:2])
+
+  @property
+  def middle(self) -> str:
+    return self.sentences[2]
+
+  @property
+  def suffix(self) -> str:
+    return " ".join(self.sentences[3:])
+
+
+def rocstories(record: dict, where: str) -> Story:
+  if isinstance(record.get("sentences"), list):
+    sentences = record["sentences"]
+  elif record.get("InputSentence1") is not None:
+    right = readers.get(record, ("AnswerRightEnding",), where)
+    if str(right).strip() not in ("1", "2"):
+      raise ValueError(f"{where}: AnswerRightEnding must be 1 or 2, got {right!r}")
+    sentences = [readers.get(record, (f"InputSentence{i}",), where) for i in range(1, 5)]
+    sentences.append(readers.get(record, (f"RandomFifthSentenceQuiz{str(right).strip()}",),
+                                 where))
+  else:
+    sentences = [readers.get(record, (f"sentence{i}",), where) for i in range(1, 6)]
+  sentences = [str(s).strip() for s in sentences]
+  if len(sentences) != 5 or not all(sentences):
+    raise ValueError(f"{where}: a story needs 5 non-empty sentences")
+  return Story(tuple(sentences))
+
+
+def load_examples(spec: str, limit: int | None = None) -> list[Story]:
+  records = readers.read_records(spec)[:limit]
+  return [rocstories(r, f"task data {spec}, record {i}") for i, r in enumerate(records)]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F1 x 100."""
+  from rouge_score import rouge_scorer
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+  scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
+  return {name: 100.0 * float(np.mean([s[name].fmeasure for s in scores]))
+          for name in ROUGE_TYPES}
+
+
+def infill_layout(tokenizer, stories: Sequence[Story]):
+  """tokens, known, valid [B, T] (prefix, gold-length blanks, suffix) and the middle spans."""
+  parts = [(tokenizer.encode(s.prefix), tokenizer.encode(s.middle), tokenizer.encode(s.suffix))
+           for s in stories]
+  width = max(len(a) + len(b) + len(c) for a, b, c in parts)
+  tokens = np.zeros((len(stories), width), np.int32)
+  known = np.zeros((len(stories), width), bool)
+  valid = np.zeros((len(stories), width), bool)
+  spans = []
+  for i, (pre, mid, suf) in enumerate(parts):
+    row = pre + mid + suf
+    tokens[i, :len(row)] = row
+    valid[i, :len(row)] = True
+    known[i, :len(row)] = True
+    known[i, len(pre):len(pre) + len(mid)] = False
+    spans.append((len(pre), len(pre) + len(mid)))
+  tokens[~known] = 0  # the gold middle is never handed to the model
+  return tokens, known, valid, spans
+
+
+def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[Story], *,
+                    method: str = "a3", group_size: int = 1, batch_size: int = 8) -> dict:
+  """ROUGE-1/2/L x 100 of the generated middles; also token accuracy and the texts."""
+  if not stories:
+    raise ValueError("no examples to evaluate")
+  predictions, hits, total, calls = [], 0, 0, 0
+  for s in range(0, len(stories), batch_size):
+    chunk = stories[s:s + batch_size]
+    tokens, known, valid, spans = infill_layout(tokenizer, chunk)
+    if tokens.shape[1] > config.max_seq_len:
+      raise ValueError(f"a story of {tokens.shape[1]} tokens exceeds the model's "
+                       f"{config.max_seq_len} positions")
+    out, n_calls = fill_lib.fill(params, config, tokens, known, valid, method=method,
+                                 group_size=group_size)
+    calls = max(calls, n_calls)
+    for i, (a, b) in enumerate(spans):
+      gold = tokenizer.encode(chunk[i].middle)
+      hits += int(np.sum(out[i, a:b] == np.asarray(gold)))
+      total += b - a
+      predictions.append(tokenizer.decode(out[i, a:b]))
+  scores = rouge(predictions, [st.middle for st in stories])
+  return {**scores, "token_accuracy": hits / max(total, 1), "examples": len(stories),
+          "model_calls": calls, "predictions": predictions}

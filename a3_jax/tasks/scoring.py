@@ -1,0 +1,83 @@
+"""log p(continuation | context) of (context, continuation) token pairs.
+
+The A3 way (head='query', the paper's protocol): the context is group 0 (its
+tokens see each other) and the continuation's tokens are singleton groups in
+order, so one pass gives sum_j log p(c_j | context, c_<j) exactly. The causal
+baseline (head='content'): the content stream with `ar` groups, shifted.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from a3_jax.config import ModelConfig
+from a3_jax.evaluate import HEADS, grouped_logprobs
+
+Pair = tuple[Sequence[int], Sequence[int]]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+  """Token ids of a (context, continuation) pair, as lm-evaluation-harness makes them:
+  the context's trailing spaces move to the continuation, and the continuation's
+  ids are those of the whole text after the context's, when the context's ids
+  are a prefix of the whole's (else the continuation encoded alone)."""
+  stripped = context.rstrip(" ")
+  continuation = context[len(stripped):] + continuation
+  ctx = tokenizer.encode(stripped) if stripped else []
+  whole = tokenizer.encode(stripped + continuation)
+  if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+    return ctx, whole[len(ctx):]
+  return ctx, tokenizer.encode(continuation)
+
+
+def _row(ctx: Sequence[int], cont: Sequence[int], head: str, max_len: int, start_id: int):
+  """tokens, groups, scored [n] of one pair, the context cut from the left to fit."""
+  if not cont:
+    raise ValueError("a continuation encodes to no tokens: nothing to score")
+  if head == "content" and not ctx:
+    ctx = [start_id]  # the causal LM predicts the first token from a start token
+  keep = max_len - len(cont)
+  if keep < (1 if head == "content" else 0):
+    raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's "
+                     f"{max_len} positions")
+  ctx = list(ctx)[max(len(ctx) - keep, 0):]
+  tokens = np.asarray(ctx + list(cont), np.int32)
+  n_ctx, n = len(ctx), len(tokens)
+  if head == "query":
+    groups = np.concatenate([np.zeros(n_ctx, np.int32), np.arange(1, len(cont) + 1)])
+  else:
+    groups = np.arange(n, dtype=np.int32)
+  return tokens, groups.astype(np.int32), np.arange(n) >= n_ctx
+
+
+def _bucket(n: int, cap: int) -> int:
+  """A padded width: the next power of two >= n (at least 16), capped at `cap` (>= n)."""
+  return min(max(16, 1 << (n - 1).bit_length()), max(cap, n))
+
+
+def loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *, head: str = "query",
+                   batch_size: int = 8, max_len: int | None = None,
+                   start_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(log p(continuation | context) [n], continuation token counts [n]) of token pairs.
+
+  start_id: the token the causal head conditions on when a context is empty.
+  Rows are padded to [batch_size, power-of-two width] so that few programs compile.
+  """
+  if head not in HEADS:
+    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+  max_len = min(max_len or config.max_seq_len, config.max_seq_len)
+  rows = [_row(c, x, head, max_len, start_id) for c, x in pairs]
+  logp = np.zeros(len(rows))
+  counts = np.asarray([int(r[2].sum()) for r in rows])
+  for s in range(0, len(rows), batch_size):
+    chunk = rows[s:s + batch_size]
+    width = _bucket(max(len(r[0]) for r in chunk), max_len)
+    tok, grp, seg = (np.zeros((batch_size, width), np.int32) for _ in range(3))
+    scored = np.zeros((batch_size, width), bool)
+    for i, (t, g, sc) in enumerate(chunk):
+      tok[i, :len(t)], grp[i, :len(t)], seg[i, :len(t)], scored[i, :len(t)] = t, g, 1, sc
+    lp = grouped_logprobs(params, config, tok, grp, seg, head=head)
+    logp[s:s + len(chunk)] = np.where(scored, lp, 0.0).sum(axis=1)[:len(chunk)]
+  return logp, counts
