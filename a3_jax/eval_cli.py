@@ -19,7 +19,6 @@ import os
 from absl import flags
 
 from a3_jax import cli, evaluate
-from a3_jax.grouping import parse_strategy
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -96,13 +95,7 @@ def groupings(head: str) -> list[str]:
   if not names:
     raise ValueError("--grouping names no grouping")
   for name in names:  # fail on a typo before loading a model
-    strategy = parse_strategy(name)
-    if strategy.kind == "mix":
-      raise ValueError(f"grouping {name!r}: a mixture draws a strategy at random; "
-                       "evaluate its parts separately")
-    if head == "content" and strategy.kind != "ar":
-      raise ValueError(f"--head=content scores the causal LM, which needs grouping 'ar', "
-                       f"got {name!r}")
+    evaluate.check_grouping(name, head)
   return names
 
 

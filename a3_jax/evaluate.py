@@ -158,6 +158,18 @@ def _rows(texts: Sequence[np.ndarray], strategy: Strategy, head: str, orders: in
         yield ids[start:stop], groups, scored, d, o
 
 
+def check_grouping(name: str, head: str):
+  """The Strategy of a grouping that `head` can score exactly (ValueError otherwise)."""
+  strategy = parse_strategy(name)
+  if strategy.kind == "mix":
+    raise ValueError(f"grouping {name!r}: a mixture draws a strategy at random; "
+                     "evaluate its parts separately")
+  if head == "content" and strategy.kind != "ar":
+    raise ValueError(f"--head=content scores the causal LM, which needs grouping 'ar', "
+                     f"got {name!r}")
+  return strategy
+
+
 def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], grouping: str,
                 *, head: str = "query", orders: int = 1, window: int | None = None,
                 context: int = 0, seed: int = 0, batch_size: int = 8) -> GroupingResult:
@@ -168,13 +180,7 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
   """
   if head not in HEADS:
     raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-  strategy = parse_strategy(grouping)
-  if strategy.kind == "mix":
-    raise ValueError(f"grouping {grouping!r}: a mixture draws a strategy at random; "
-                     "evaluate its parts separately")
-  if head == "content" and strategy.kind != "ar":
-    raise ValueError(f"--head=content scores the causal LM, which needs grouping 'ar', "
-                     f"got {grouping!r}")
+  strategy = check_grouping(grouping, head)
   if orders < 1:
     raise ValueError(f"orders must be >= 1, got {orders}")
   if batch_size < 1:

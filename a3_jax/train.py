@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags
+from absl import flags
 
 from a3_jax import cli, distributed
 from a3_jax.train_step import TrainConfig

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -11,6 +9,8 @@ import pytest
 from flax.linen import meta
 
 from a3_jax import evaluate
+from cli_helpers import run_module, tiny_export
+
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_strategy
 from a3_jax.model import A3LM, init_params
@@ -154,22 +154,11 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-  """A tiny random model with the embedded tokenizer, exported as a3-eval reads it."""
-  from a3_jax.data.tokenizer import load_tokenizer
-  from a3_jax.export import save_export
-  tokenizer = load_tokenizer()
-  config = get_preset("tiny", vocab_size=tokenizer.vocab_size)
-  params = meta.unbox(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)))
-  return save_export(str(tmp_path_factory.mktemp("eval") / "export"), params, config,
-                     tokenizer.path)
+  return tiny_export(tmp_path_factory.mktemp("eval"))
 
 
 def _eval(*args):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one device: fastest for tiny runs
-  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
-  return subprocess.run([sys.executable, "-m", "a3_jax.eval_cli", *args], capture_output=True,
-                        text=True, env=env, timeout=600)
+  return run_module("a3_jax.eval_cli", *args)
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """The a3-train job end to end: resume exactness, preemption, export, bad input."""
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -9,6 +8,8 @@ import sys
 import time
 
 import pytest
+
+from cli_helpers import subprocess_env
 
 from a3_jax.metrics import read_metrics
 
@@ -20,15 +21,8 @@ def _cmd(workdir, *extra):
   return [sys.executable, "-m", "a3_jax.train", f"--workdir={workdir}", *TINY, *extra]
 
 
-def _env():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one device: fastest for tiny runs
-  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
-  return env
-
-
 def _run(workdir, *extra, check=True):
-  proc = subprocess.run(_cmd(workdir, *extra), capture_output=True, text=True, env=_env(),
+  proc = subprocess.run(_cmd(workdir, *extra), capture_output=True, text=True, env=subprocess_env(),
                         timeout=600)
   if check and proc.returncode:
     raise AssertionError(f"a3-train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -45,7 +39,7 @@ def test_resume_after_sigkill_logs_the_same_losses(tmp_path):
   _run(straight, "--steps=12", "--save_every=4", "--eval_every=100")
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_cmd(killed, "--steps=12", "--save_every=4", "--eval_every=100"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
   deadline = time.time() + 300
   while not (killed / "checkpoints" / "8").exists():
     assert proc.poll() is None and time.time() < deadline, "run ended before step 8 was saved"
@@ -62,7 +56,7 @@ def test_resume_after_sigkill_logs_the_same_losses(tmp_path):
 def test_sigterm_saves_before_exit_and_export_loads(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(_cmd(workdir, "--steps=100000", "--save_every=100000"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
   deadline = time.time() + 300
   while len(_train_losses(workdir)) < 3:
     assert proc.poll() is None and time.time() < deadline
