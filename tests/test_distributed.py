@@ -1,5 +1,6 @@
 """Multi-process runs: start-up settings, and 2 processes x 4 devices == 1 process x 8."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,6 @@ from a3_jax import trainer
 from a3_jax.checkpoint import restore_params
 from a3_jax.data import pipeline
 from a3_jax.metrics import read_metrics
-from a3_jax.train_step import TrainConfig
 
 # 4 steps cross a stage boundary, so both a fixed (ar) and a sampled (perm:4)
 # grouping run on the assembled global batch.
@@ -147,8 +147,9 @@ def _one_process_run(workdir, monkeypatch):
                                                shard_index=i, shard_count=2, **kw)
                   for i in range(2))
   monkeypatch.setattr(trainer, "make_train_iterator", both_shards)
-  trainer.run(trainer.Job(workdir=str(workdir), **JOB,
-                          train=TrainConfig(warmup_steps=WARMUP, total_steps=JOB["steps"])))
+  train = dataclasses.replace(trainer.Job().train, warmup_steps=WARMUP,
+                              total_steps=JOB["steps"])  # a3-train's flag defaults
+  trainer.run(trainer.Job(workdir=str(workdir), **JOB, train=train))
 
 
 def _by_split(workdir):
@@ -182,8 +183,12 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
   params2, _, step2 = restore_params(str(two))
   params1, _, _ = restore_params(str(one))
   assert step2 == 4
+  # Adam divides each gradient by its own running RMS, so a ~1e-7 relative difference in
+  # the cross-process sum of a near-zero gradient can move that parameter by up to
+  # ~1e-4 * lr; atol = 1e-3 * lr (lr 1e-3 here) bounds that, far below a wrong shard's effect.
+  atol = 1e-3 * trainer.Job().train.lr
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=RTOL, atol=1e-7), params2, params1)
+                                                       rtol=RTOL, atol=atol), params2, params1)
 
 
 @pytest.mark.slow
