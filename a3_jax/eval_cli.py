@@ -19,6 +19,7 @@ import os
 from absl import flags
 
 from a3_jax import cli, evaluate
+from a3_jax.data.sources import json_text
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -62,18 +63,8 @@ def read_texts(path: str) -> list[str]:
     raise ValueError(f"text file {path} is empty")
   if not path.endswith(".jsonl"):
     return [content]
-  texts = []
-  for n, line in enumerate(content.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"text file {path}, line {n}: not JSON ({e})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-      raise ValueError(f"text file {path}, line {n}: expected an object with a string 'text'")
-    texts.append(record["text"])
-  return texts
+  return [json_text(line, f"text file {path}, line {n}")
+          for n, line in enumerate(content.splitlines(), 1) if line.strip()]
 
 
 def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list[int]]:

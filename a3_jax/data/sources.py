@@ -29,7 +29,7 @@ from a3_jax.data import corpus
 SCHEMES = ("shakespeare", "text:GLOB", "arrayrecord:GLOB", "tfds:NAME[:SPLIT]")
 
 
-def _json_text(line: bytes | str, where: str) -> str:
+def json_text(line: bytes | str, where: str) -> str:
   """The `text` field of one JSON object."""
   try:
     document = json.loads(line)
@@ -49,7 +49,7 @@ def _record_text(record: bytes | str, where: str) -> str:
     except json.JSONDecodeError:
       return text  # Plain text that happens to start with '{'.
     if isinstance(document, dict):
-      return _json_text(text, where)
+      return json_text(text, where)
   return text
 
 
@@ -99,7 +99,7 @@ class TextFileSource(_DocumentSource):
     with open(path, "rb") as f:
       f.seek(offsets[line_index])
       line = f.readline()
-    return _json_text(line, f"{path}, line at byte {offsets[line_index]}")
+    return json_text(line, f"{path}, line at byte {offsets[line_index]}")
 
   def __repr__(self) -> str:
     return f"TextFileSource({len(self._paths)} files, {len(self)} documents)"
