@@ -175,16 +175,6 @@ def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT):
   return jax.lax.switch(stage_index, branches, key, seg_BxT, pos_BxT)
 
 
-def validate_groups(groups_BxT, tokens_BxT) -> None:
-  """Raises ValueError unless groups are an integer array shaped like tokens."""
-  shape = getattr(groups_BxT, "shape", None)
-  if shape != getattr(tokens_BxT, "shape", None):
-    raise ValueError(f"group ids have shape {shape}, expected the token shape "
-                     f"{getattr(tokens_BxT, 'shape', None)}")
-  if not jnp.issubdtype(groups_BxT.dtype, jnp.integer):
-    raise ValueError(f"group ids must be integers, got dtype {groups_BxT.dtype}")
-
-
 def first_group_mask(groups_BxT, seg_BxT):
   """True where a token's group is the smallest of its segment (nothing to condition on)."""
   b, t = groups_BxT.shape
