@@ -34,6 +34,12 @@ def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = No
                                options=options, item_names=("state", "data", "meta"))
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir holds a finished checkpoint (creates nothing)."""
+  directory = checkpoint_dir(workdir)
+  return directory.exists() and make_manager(workdir).latest_step() is not None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, meta: dict,
          force: bool = False) -> bool:
   """Starts an async save of everything a resume needs; returns whether it saved."""

@@ -18,10 +18,11 @@ from jax.experimental import multihost_utils
 from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset
-from a3_jax.convert.loader import load_pretrained
+from a3_jax.convert.loader import load_pretrained, read_config
 from a3_jax.convert.tokenizer import save_tokenizer
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
 from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.export import tokenizer_file
 from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.metrics import MetricsWriter
@@ -137,7 +138,14 @@ def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> Non
 
 
 def _initial(job: Job, mesh):
-  """(model config, tokenizer, pretrained params or None)."""
+  """(model config, tokenizer, pretrained params or None).
+
+  A run resuming from its own checkpoint does not read --init_from's weights: only its
+  config, and the tokenizer the run saved in its workdir.
+  """
+  saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
+  if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
+    return read_config(job.init_from), load_tokenizer(saved_tokenizer), None
   if job.init_from:
     params, model_config, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
