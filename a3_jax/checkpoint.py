@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from a3_jax.config import ModelConfig
+from a3_jax.errors import UserError
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -65,7 +66,7 @@ def check_compatible(meta: dict, model_config: ModelConfig, workdir: str) -> Non
     diff = {k: (v, getattr(model_config, k)) for k, v in saved.to_dict().items()
             if v != model_config.to_dict()[k]}
     details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-    raise ValueError(f"workdir {workdir} holds a checkpoint of a different model config "
+    raise UserError(f"workdir {workdir} holds a checkpoint of a different model config "
                      f"({details}); use another --workdir or the same settings")
 
 
@@ -89,7 +90,7 @@ def restore_params(workdir: str, step: int | None = None):
   manager = make_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise ValueError(f"no checkpoint found under {checkpoint_dir(workdir)}")
+    raise UserError(f"no checkpoint found under {checkpoint_dir(workdir)}")
   meta = read_meta(manager, step)
   # The saved shardings name the devices of the run that wrote them (on a pod,
   # other hosts' too): read every array onto this process's first device.

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import jax.numpy as jnp
+from a3_jax.errors import UserError
 
 ATTENTION_IMPLS = ("einsum", "chunked", "kernel")
 REMAT_POLICIES = ("none", "dots", "full")
@@ -80,7 +81,7 @@ class ModelConfig:
       if getattr(self, name) not in _DTYPES:
         problems.append(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
     if problems:
-      raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+      raise UserError("invalid ModelConfig: " + "; ".join(problems))
 
   @property
   def compute_dtype(self):
@@ -104,7 +105,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown ModelConfig fields: {unknown}")
+      raise UserError(f"unknown ModelConfig fields: {unknown}")
     d = dict(d)
     if d.get("rope_scaling") is not None:
       d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
@@ -151,5 +152,5 @@ PRESETS: dict[str, ModelConfig] = {
 def get_preset(name: str, **overrides) -> ModelConfig:
   """Returns a named preset, optionally with fields replaced."""
   if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

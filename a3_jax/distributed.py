@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 import jax
 from absl import flags
+from a3_jax.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None,
                     "HOST:PORT of process 0's coordinator (multi-host runs; env A3_COORDINATOR)")
@@ -59,7 +60,7 @@ def _int(name: str, text: str) -> int:
   try:
     return int(text)
   except ValueError:
-    raise ValueError(f"{name}={text!r}: expected an integer")
+    raise UserError(f"{name}={text!r}: expected an integer")
 
 
 def _device_ids(name: str, items) -> tuple[int, ...]:
@@ -88,20 +89,20 @@ def _explicit(s: Settings) -> bool:
            if getattr(s, k) is not None]
   if not given or given == ["num_processes"] and s.num_processes == 1:
     if s.local_device_ids is not None:
-      raise ValueError("--local_device_ids needs --coordinator_address, --num_processes "
+      raise UserError("--local_device_ids needs --coordinator_address, --num_processes "
                        "and --process_id")
     return bool(given)
   missing = [k for k in ("coordinator_address", "num_processes", "process_id") if k not in given]
   if missing:
-    raise ValueError(f"multi-process settings {given} also need "
+    raise UserError(f"multi-process settings {given} also need "
                      + ", ".join(f"--{m}" for m in missing))
   host, sep, port = s.coordinator_address.rpartition(":")
   if not sep or not host or not port.isdigit():
-    raise ValueError(f"--coordinator_address={s.coordinator_address!r}: expected HOST:PORT")
+    raise UserError(f"--coordinator_address={s.coordinator_address!r}: expected HOST:PORT")
   if s.num_processes < 1:
-    raise ValueError(f"--num_processes must be >= 1, got {s.num_processes}")
+    raise UserError(f"--num_processes must be >= 1, got {s.num_processes}")
   if not 0 <= s.process_id < s.num_processes:
-    raise ValueError(f"--process_id={s.process_id} is not in [0, {s.num_processes})")
+    raise UserError(f"--process_id={s.process_id} is not in [0, {s.num_processes})")
   return True
 
 

@@ -35,6 +35,7 @@ from a3_jax.config import ModelConfig
 from a3_jax.grouping import Strategy, parse_strategy, sample_groups
 from a3_jax.loss import token_logprobs
 from a3_jax.model import A3LM, stream_rows
+from a3_jax.errors import UserError
 
 HEADS = ("query", "content")
 CURVE_SIZES = (1, 2, 4, 8, 16)
@@ -62,7 +63,7 @@ def grouped_logprobs(params, config: ModelConfig, tokens_BxT, groups_BxT, seg_Bx
   seg (0 = padding) defaults to all 1; positions default to arange(T).
   """
   if head not in HEADS:
-    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
   tokens = jnp.asarray(tokens_BxT, jnp.int32)
   seg = jnp.ones_like(tokens) if seg_BxT is None else jnp.asarray(seg_BxT, jnp.int32)
   pos = (jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
@@ -78,9 +79,9 @@ def text_windows(num_tokens: int, window: int, context: int) -> list[tuple[int, 
   `context` tokens before the end of the previous one.
   """
   if window < 1:
-    raise ValueError(f"window must be >= 1, got {window}")
+    raise UserError(f"window must be >= 1, got {window}")
   if not 0 <= context < window:
-    raise ValueError(f"context must be in [0, window={window}), got {context}")
+    raise UserError(f"context must be in [0, window={window}), got {context}")
   out, stop = [], 0
   while stop < num_tokens:
     start = max(stop - context, 0)
@@ -162,10 +163,10 @@ def check_grouping(name: str, head: str):
   """The Strategy of a grouping that `head` can score exactly (ValueError otherwise)."""
   strategy = parse_strategy(name)
   if strategy.kind == "mix":
-    raise ValueError(f"grouping {name!r}: a mixture draws a strategy at random; "
+    raise UserError(f"grouping {name!r}: a mixture draws a strategy at random; "
                      "evaluate its parts separately")
   if head == "content" and strategy.kind != "ar":
-    raise ValueError(f"--head=content scores the causal LM, which needs grouping 'ar', "
+    raise UserError(f"--head=content scores the causal LM, which needs grouping 'ar', "
                      f"got {name!r}")
   return strategy
 
@@ -179,20 +180,20 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
   [batch_size, window] so every pass shares one compiled program.
   """
   if head not in HEADS:
-    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
   strategy = check_grouping(grouping, head)
   if orders < 1:
-    raise ValueError(f"orders must be >= 1, got {orders}")
+    raise UserError(f"orders must be >= 1, got {orders}")
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise UserError(f"batch_size must be >= 1, got {batch_size}")
   texts = [np.asarray(t, np.int32) for t in texts]
   if not texts:
-    raise ValueError("no texts to score")
+    raise UserError("no texts to score")
   window = min(window or config.max_seq_len, config.max_seq_len)
   need = 2 if head == "content" else 1
   for d, ids in enumerate(texts):
     if len(ids) < need:
-      raise ValueError(f"text {d} has {len(ids)} tokens; head={head!r} needs at least {need}")
+      raise UserError(f"text {d} has {len(ids)} tokens; head={head!r} needs at least {need}")
   orders = orders if strategy.kind == "perm" else 1
   width = min(window, max(len(t) for t in texts))
 

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from flax.linen import meta
 
 from a3_jax.config import ModelConfig
+from a3_jax.errors import UserError
 
 MARKER = "EXPORT"
 TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
@@ -33,9 +34,9 @@ def staged_directory(out_dir: str, tokenizer_path: str | None):
   and removed on any error, so out_dir is never left half-written."""
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ValueError(f"output directory {out_dir} exists and is not empty")
+    raise UserError(f"output directory {out_dir} exists and is not empty")
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
-    raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
+    raise UserError(f"tokenizer file {tokenizer_path} does not exist")
   tmp = out_dir + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -85,7 +86,7 @@ def is_export(path: str) -> bool:
 
 def load_config(path: str) -> ModelConfig:
   if not is_export(path):
-    raise ValueError(f"{path} is not an a3_jax export directory (no {MARKER} marker; "
+    raise UserError(f"{path} is not an a3_jax export directory (no {MARKER} marker; "
                      "make one with a3-export or a3-convert)")
   with open(os.path.join(path, "config.json")) as f:
     return ModelConfig.from_json(f.read())

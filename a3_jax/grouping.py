@@ -21,6 +21,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from a3_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,9 @@ def _parse_simple(spec: str) -> Strategy:
     except ValueError:
       k = 0
     if k < 1:
-      raise ValueError(f"group size in {spec!r} must be a positive integer")
+      raise UserError(f"group size in {spec!r} must be a positive integer")
     return Strategy(fields[0], k)
-  raise ValueError(f"unknown grouping strategy {spec!r}; expected 'ar', 'block:K', "
+  raise UserError(f"unknown grouping strategy {spec!r}; expected 'ar', 'block:K', "
                    "'perm:K' or 'mix:S1=W1,S2=W2'")
 
 
@@ -69,7 +70,7 @@ def parse_strategy(spec: str) -> Strategy:
     except ValueError:
       w = -1.0
     if w <= 0:
-      raise ValueError(f"mixture item {item!r} in {spec!r} needs a positive weight: "
+      raise UserError(f"mixture item {item!r} in {spec!r} needs a positive weight: "
                        "write STRATEGY=WEIGHT")
     strategy = _parse_simple(name)
     parts.append((strategy, w))
@@ -110,7 +111,7 @@ def sample_groups(strategy: Strategy, key, seg_BxT, pos_BxT):
     for i, ((part, _), part_key) in enumerate(zip(strategy.parts, part_keys)):
       out = jnp.where((pick_B == i)[:, None], sample_groups(part, part_key, seg_BxT, pos_BxT), out)
     return out
-  raise ValueError(f"unknown strategy kind {strategy.kind!r}")
+  raise UserError(f"unknown strategy kind {strategy.kind!r}")
 
 
 _MIX_END = re.compile(r"=[^=:,]*:[0-9]+$")
@@ -147,7 +148,7 @@ def parse_curriculum(spec: str) -> Curriculum:
   """
   items = [s.strip() for s in spec.split(",") if s.strip()]
   if not items:
-    raise ValueError("curriculum is empty; expected e.g. 'ar:300,block:2:200,perm:4:300'")
+    raise UserError("curriculum is empty; expected e.g. 'ar:300,block:2:200,perm:4:300'")
   stages = []
   i = 0
   while i < len(items):
@@ -160,7 +161,7 @@ def parse_curriculum(spec: str) -> Curriculum:
     strategy_spec, sep, steps_text = text.rpartition(":")
     steps = int(steps_text) if sep and steps_text.isdigit() else 0
     if steps < 1:
-      raise ValueError(f"curriculum stage {text!r} must end with ':STEPS' (a positive "
+      raise UserError(f"curriculum stage {text!r} must end with ':STEPS' (a positive "
                        f"integer), as in 'ar:300,block:2:200,perm:4:300'")
     stages.append((parse_strategy(strategy_spec), steps))
   return Curriculum(tuple(stages))

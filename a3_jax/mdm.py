@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
-from a3_jax import sampling
+from a3_jax.decoding import sampling
 from a3_jax.config import ModelConfig
 from a3_jax.evaluate import text_windows
 from a3_jax.model import A3LM, Rows
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.errors import UserError
 
 MASK_ID = 0
 T_EPS = 1e-3
@@ -69,7 +70,7 @@ def _masked_nll(logits_BxTxV, tokens_BxT, masked_BxT, t_B):
 
 def _check_mask_id(config: ModelConfig, mask_id: int) -> None:
   if not 0 <= mask_id < config.vocab_size:
-    raise ValueError(f"mask id {mask_id} is outside the vocabulary [0, {config.vocab_size})")
+    raise UserError(f"mask id {mask_id} is outside the vocabulary [0, {config.vocab_size})")
 
 
 def loss_stats(model: A3LM, tc, params, batch, key, mask_id: int = MASK_ID):
@@ -127,13 +128,13 @@ def elbo(params, config: ModelConfig, tokens_BxT, *, num_samples: int, key, seg_
   always seen (a conditional bound: -log p(x_maskable | x_rest)).
   """
   if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    raise UserError(f"num_samples must be >= 1, got {num_samples}")
   _check_mask_id(config, mask_id)
   tokens = np.asarray(tokens_BxT)
   seg = np.ones(tokens.shape, np.int32) if seg_BxT is None else np.asarray(seg_BxT)
   maskable = (seg != 0) if maskable_BxT is None else (np.asarray(maskable_BxT, bool) & (seg != 0))
   if np.any((tokens == mask_id) & maskable):
-    raise ValueError(f"the text holds the mask token id {mask_id}; the ELBO needs a mask id "
+    raise UserError(f"the text holds the mask token id {mask_id}; the ELBO needs a mask id "
                      "that never occurs in the data")
   b, t = tokens.shape
   time_key, mask_key = jax.random.split(key)
@@ -153,7 +154,7 @@ def nelbo_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], *,
   for ids in texts:
     ids = np.asarray(ids, np.int32)
     if len(ids) < 1:
-      raise ValueError("a text has no tokens")
+      raise UserError("a text has no tokens")
     pieces += [(ids[a:b], c) for a, b, c in text_windows(len(ids), window, context)]
   width = max(len(p) for p, _ in pieces)
   samples, tokens = [], 0
@@ -204,13 +205,13 @@ def generate(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None,
   """Fills every valid non-known position of tokens [B, T] in `steps` model calls
   (confidence-ordered unmasking; temperature 0 = greedy). Returns tokens [B, T]."""
   if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}")
+    raise UserError(f"steps must be >= 1, got {steps}")
   _check_mask_id(config, mask_id)
   tokens = np.asarray(tokens_BxT, np.int32)
   known = np.asarray(known_BxT, bool)
   valid = np.ones(tokens.shape, bool) if valid_BxT is None else np.asarray(valid_BxT, bool)
   if known.shape != tokens.shape or valid.shape != tokens.shape:
-    raise ValueError(f"known {known.shape} and valid {valid.shape} masks must have the "
+    raise UserError(f"known {known.shape} and valid {valid.shape} masks must have the "
                      f"token shape {tokens.shape}")
   return np.asarray(_generate(meta.unbox(params), jnp.asarray(tokens), jnp.asarray(valid & ~known),
                               jnp.asarray(valid, jnp.int32), jnp.int32(seed),

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a3_jax import attention, attention_kernel
+from a3_jax import attention
 from a3_jax.config import ModelConfig
 from a3_jax.layers import MLP, Projections, RMSNorm, _param, apply_rope, rope_inv_freq
+from a3_jax.errors import UserError
 
 _ACT = ("act_batch", "act_length", "act_embed")
 _ACT_HEADS = ("act_batch", "act_length", "act_heads", None)
@@ -40,18 +41,6 @@ class Rows(NamedTuple):
   limit: jax.Array
   seg: jax.Array
   pos: jax.Array
-
-
-class KVCache(NamedTuple):
-  """Committed content keys/values, RoPE already applied, in commit order.
-
-  k, v: [L, B, C, K, H]; group, seg: [B, C] (seg 0 = empty slot, never visible).
-  """
-
-  k: jax.Array
-  v: jax.Array
-  group: jax.Array
-  seg: jax.Array
 
 
 class DecoderLayer(nn.Module):
@@ -86,20 +75,10 @@ class DecoderLayer(nn.Module):
       key_group = jnp.concatenate([cache_group, key_group], axis=1)
       key_seg = jnp.concatenate([cache_seg, key_seg], axis=1)
 
-    impl = "chunked" if cfg.attention == "kernel" else cfg.attention
-    general = lambda: attention.attend(impl, q_BxRxNxH, keys, values, rows.limit, rows.seg,
-                                       key_group, key_seg, chunk=cfg.attention_chunk)
-    if cfg.attention == "kernel" and cache_kv is None:
-      # Teacher-forced pass: static block masks in generation order, valid only when
-      # every row's groups are blocks of attention_group_size (else: chunked).
-      kernel = lambda: attention_kernel.two_stream_attention(
-          q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, content.limit, content.seg,
-          group_size=cfg.attention_group_size)
-      aligned = jnp.all(attention_kernel.block_aligned(content.limit, content.seg,
-                                                       cfg.attention_group_size))
-      out_BxRxNxH = jax.lax.cond(aligned, kernel, general)
-    else:  # decoding with a cache, or another implementation
-      out_BxRxNxH = general()
+    out_BxRxNxH = attention.attend(
+        cfg.attention, q_BxRxNxH, keys, values, rows.limit, rows.seg, key_group, key_seg,
+        chunk=cfg.attention_chunk, group_size=cfg.attention_group_size,
+        teacher_forced=cache_kv is None)
     x_BxRxD = x_BxRxD + nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
     x_BxRxD = x_BxRxD + mlp(mlp_norm(x_BxRxD))
     x_BxRxD = nn.with_logical_constraint(x_BxRxD, _ACT)
@@ -144,7 +123,7 @@ class A3LM(nn.Module):
     self.final_norm = RMSNorm(cfg, name="final_norm")
 
   def forward(self, tokens_BxT, content: Rows, query: Rows | None = None,
-              cache: KVCache | None = None):
+              cache: "KVCache | None" = None):  # a3_jax.decoding.cache.KVCache
     """Runs content rows (with tokens) and query rows through every layer.
 
     Returns (content hidden [B,T,D], query hidden [B,Q,D] or None, new K/V
@@ -186,7 +165,7 @@ class A3LM(nn.Module):
     Returns a dict of fp32 [B, T, V] logits: 'query' (if run) and 'content'.
     """
     if streams not in ("both", "content"):
-      raise ValueError(f"streams must be 'both' or 'content', got {streams!r}")
+      raise UserError(f"streams must be 'both' or 'content', got {streams!r}")
     validate_inputs(self.config, tokens_BxT, groups_BxT, segment_ids_BxT, positions_BxT)
     content, query = stream_rows(groups_BxT, segment_ids_BxT, positions_BxT)
     h, g, _ = self.forward(tokens_BxT, content, query if streams == "both" else None)
@@ -202,26 +181,26 @@ def validate_inputs(config: ModelConfig, tokens_BxT, groups_BxT, segment_ids_BxT
   the values are concrete, i.e. outside jit) token ids and positions out of range."""
   tokens_shape = getattr(tokens_BxT, "shape", None)
   if tokens_shape is None or len(tokens_shape) != 2:
-    raise ValueError(f"tokens must be a [batch, length] array, got shape {tokens_shape}")
+    raise UserError(f"tokens must be a [batch, length] array, got shape {tokens_shape}")
   named = {"tokens": tokens_BxT, "group ids": groups_BxT, "segment ids": segment_ids_BxT,
            "positions": positions_BxT}
   for name, arr in named.items():
     if arr is None:
       continue
     if getattr(arr, "shape", None) != tokens_shape:
-      raise ValueError(f"{name} have shape {getattr(arr, 'shape', None)}, expected the "
+      raise UserError(f"{name} have shape {getattr(arr, 'shape', None)}, expected the "
                        f"token shape {tokens_shape}")
     if not jnp.issubdtype(arr.dtype, jnp.integer):
-      raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+      raise UserError(f"{name} must be integers, got dtype {arr.dtype}")
   if not isinstance(tokens_BxT, jax.core.Tracer) and tokens_BxT.size:
     concrete = np.asarray(tokens_BxT)
     lo, hi = int(concrete.min()), int(concrete.max())
     if lo < 0 or hi >= config.vocab_size:
-      raise ValueError(f"token ids must lie in [0, {config.vocab_size}), got range "
+      raise UserError(f"token ids must lie in [0, {config.vocab_size}), got range "
                        f"[{lo}, {hi}]")
   if (positions_BxT is not None and not isinstance(positions_BxT, jax.core.Tracer)
       and positions_BxT.size and int(np.min(np.asarray(positions_BxT))) < 0):
-    raise ValueError("positions must be >= 0")
+    raise UserError("positions must be >= 0")
 
 
 def stream_rows(groups_BxT, segment_ids_BxT=None, positions_BxT=None):

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+from a3_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -44,11 +45,11 @@ def _check_rules(rules) -> None:
   names = [name for name, _ in rules]
   unknown = set(names) - set(PARAM_AXES) - set(ACTIVATION_AXES)
   if unknown or len(names) != len(set(names)):
-    raise ValueError(f"logical rules name unknown or repeated axes: {sorted(unknown) or names}")
+    raise UserError(f"logical rules name unknown or repeated axes: {sorted(unknown) or names}")
   for name, target in rules:
     for axis in (target if isinstance(target, tuple) else (target,)):
       if axis is not None and axis not in MESH_AXES:
-        raise ValueError(f"rule {name!r} -> {axis!r}: not a mesh axis {MESH_AXES}")
+        raise UserError(f"rule {name!r} -> {axis!r}: not a mesh axis {MESH_AXES}")
 
 
 _check_rules(RULES)
@@ -64,30 +65,30 @@ def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
   for item in [s for s in spec.split(",") if s.strip()]:
     name, sep, size_text = item.strip().partition(":")
     if not sep or name not in MESH_AXES:
-      raise ValueError(f"malformed mesh spec {spec!r}: item {item!r} is not AXIS:SIZE "
+      raise UserError(f"malformed mesh spec {spec!r}: item {item!r} is not AXIS:SIZE "
                        f"with AXIS in {MESH_AXES}")
     if name in seen:
-      raise ValueError(f"malformed mesh spec {spec!r}: axis {name!r} given twice")
+      raise UserError(f"malformed mesh spec {spec!r}: axis {name!r} given twice")
     seen.add(name)
     try:
       size = int(size_text)
     except ValueError:
-      raise ValueError(f"malformed mesh spec {spec!r}: size {size_text!r} is not an integer")
+      raise UserError(f"malformed mesh spec {spec!r}: size {size_text!r} is not an integer")
     if size == -1:
       if rest is not None:
-        raise ValueError(f"malformed mesh spec {spec!r}: only one axis may be -1")
+        raise UserError(f"malformed mesh spec {spec!r}: only one axis may be -1")
       rest = name
     elif size < 1:
-      raise ValueError(f"malformed mesh spec {spec!r}: size of {name!r} must be >= 1 or -1")
+      raise UserError(f"malformed mesh spec {spec!r}: size of {name!r} must be >= 1 or -1")
     else:
       sizes[name] = size
   known = math.prod(sizes.values())
   if rest is not None:
     if num_devices % known:
-      raise ValueError(f"mesh spec {spec!r}: {num_devices} devices are not divisible by {known}")
+      raise UserError(f"mesh spec {spec!r}: {num_devices} devices are not divisible by {known}")
     sizes[rest] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"mesh spec {spec!r} uses {math.prod(sizes.values())} devices, "
+    raise UserError(f"mesh spec {spec!r} uses {math.prod(sizes.values())} devices, "
                      f"but {num_devices} are available")
   return sizes
 
@@ -111,7 +112,7 @@ def logical_to_spec(axes, shape=None, mesh=None, rules=RULES) -> P:
   out, used = [], []
   for i, name in enumerate(axes):
     if name is not None and name not in table:
-      raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+      raise UserError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
     target = table.get(name) if name is not None else None
     mesh_axes = () if target is None else (target if isinstance(target, tuple) else (target,))
     if mesh is not None:
@@ -120,7 +121,7 @@ def logical_to_spec(axes, shape=None, mesh=None, rules=RULES) -> P:
         mesh_axes = ()
     for a in mesh_axes:
       if a in used:
-        raise ValueError(f"logical axes {axes} map mesh axis {a!r} twice")
+        raise UserError(f"logical axes {axes} map mesh axis {a!r} twice")
       used.append(a)
     out.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
   return P(*out)

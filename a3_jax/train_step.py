@@ -22,6 +22,7 @@ from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
 from a3_jax.loss import grouped_nll, loss_weights
 from a3_jax.model import A3LM, init_params, stream_rows
+from a3_jax.errors import UserError
 
 OBJECTIVES = ("a3", "ar", "mdm")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -49,13 +50,13 @@ class TrainConfig:
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
-      raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+      raise UserError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
     if self.schedule not in SCHEDULES:
-      raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+      raise UserError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
     if self.grad_accum < 1:
-      raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+      raise UserError(f"grad_accum must be >= 1, got {self.grad_accum}")
     if self.lr <= 0 or self.warmup_steps < 0 or self.total_steps < 1:
-      raise ValueError("lr must be > 0, warmup_steps >= 0 and total_steps >= 1")
+      raise UserError("lr must be > 0, warmup_steps >= 0 and total_steps >= 1")
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -19,15 +19,16 @@ from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset
 from a3_jax.convert.loader import load_pretrained, read_config
-from a3_jax.convert.tokenizer import save_tokenizer
+from a3_jax.tokenizer import save_tokenizer
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
-from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.export import tokenizer_file
 from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.metrics import MetricsWriter
 from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_train_step,
                                state_from_params, state_shardings)
+from a3_jax.errors import UserError
 
 EVAL_GROUPINGS = ("ar", "perm:4")
 
@@ -91,14 +92,14 @@ def _coerce(field: dataclasses.Field, text: str):
   kind = field.type if isinstance(field.type, str) else field.type.__name__
   if kind.startswith("bool"):
     if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"model override {field.name}={text!r}: expected true or false")
+      raise UserError(f"model override {field.name}={text!r}: expected true or false")
     return text.lower() in ("true", "1")
   for cast in (int, float):
     if kind.startswith(cast.__name__):
       try:
         return cast(text)
       except ValueError:
-        raise ValueError(f"model override {field.name}={text!r}: expected {cast.__name__}")
+        raise UserError(f"model override {field.name}={text!r}: expected {cast.__name__}")
   return text
 
 
@@ -108,7 +109,7 @@ def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
   overrides = {"vocab_size": vocab_size}
   for name, text in job.model_overrides:
     if name not in fields or name == "rope_scaling":
-      raise ValueError(f"unknown model override {name!r}; settable: "
+      raise UserError(f"unknown model override {name!r}; settable: "
                        f"{sorted(set(fields) - {'rope_scaling'})}")
     overrides[name] = _coerce(fields[name], text)
   return get_preset(job.preset, **overrides)
@@ -117,24 +118,24 @@ def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
 def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> None:
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % jax.process_count():  # each process loads the rows of its own devices
-    raise ValueError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
+    raise UserError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
                      f"number of processes ({jax.process_count()})")
   if job.batch_size % (rows * job.train.grad_accum):
-    raise ValueError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
+    raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
                      f"({rows}) * grad_accum ({job.train.grad_accum})")
   if job.seq_len > model_config.max_seq_len:
-    raise ValueError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
+    raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                      f"({model_config.max_seq_len})")
   if model_config.attention == "kernel" and curriculum is not None:
     k = model_config.attention_group_size
     for strategy, _ in curriculum.stages:
       if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
           strategy.kind == "ar" and k != 1):
-        raise ValueError(f"attention=kernel assumes groups of attention_group_size={k}; "
+        raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
                          f"stage {strategy.name!r} differs (use attention=chunked)")
   for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
     if getattr(job, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(job, name)}")
+      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
 
 
 def _initial(job: Job, mesh):
@@ -163,7 +164,7 @@ def run(job: Job) -> dict:
   model_config, tokenizer, pretrained = _initial(job, mesh)
   _validate(job, model_config, mesh, curriculum)
   if tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
+    raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
                      f"{model_config.vocab_size}")
 
   local_batch = job.batch_size // jax.process_count()

@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 from flax.linen import meta
 
-from a3_jax import decode
+from a3_jax.decoding import group as decode
 from a3_jax.config import get_preset
 from a3_jax.model import init_params
 

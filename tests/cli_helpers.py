@@ -8,7 +8,7 @@ import jax
 from flax.linen import meta
 
 from a3_jax.config import get_preset
-from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.export import save_export
 from a3_jax.model import init_params
 

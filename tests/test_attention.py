@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from a3_jax import attention
-from a3_jax.attention_chunked import chunked_attention
-from a3_jax.attention_kernel import block_aligned, generation_order, two_stream_attention
+from a3_jax.attention.einsum import einsum_attention
+from a3_jax.attention.chunked import chunked_attention
+from a3_jax.attention.kernel import block_aligned, generation_order, two_stream_attention
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_strategy, sample_groups
 from a3_jax.model import A3LM, init_params
@@ -104,7 +105,7 @@ def test_chunked_matches_einsum_two_streams(strategy, chunk):
   limit, rseg = two_stream_rows(group, seg)
   q, k, v = qkv(rng, 3, 2 * t, t)
   fn = lambda q, k, v: chunked_attention(q, k, v, limit, rseg, group, seg, chunk=chunk)
-  ref = lambda q, k, v: attention.einsum_attention(q, k, v, limit, rseg, group, seg)
+  ref = lambda q, k, v: einsum_attention(q, k, v, limit, rseg, group, seg)
   assert_same_path(fn, ref, q, k, v)
 
 
@@ -131,7 +132,7 @@ def test_rows_without_keys_are_zero_with_finite_gradients():
   empty = ~np.asarray(attention.visibility(limit, rseg, group, seg)).any(-1)
   assert empty[0].any() and empty[1].all()  # first-group query rows; an all-padding row
   for fn in (lambda q, k, v: chunked_attention(q, k, v, limit, rseg, group, seg, chunk=8),
-             lambda q, k, v: attention.einsum_attention(q, k, v, limit, rseg, group, seg)):
+             lambda q, k, v: einsum_attention(q, k, v, limit, rseg, group, seg)):
     out, grads = value_and_grads(fn, q, k, v, rng)
     assert np.all(np.asarray(out)[empty] == 0)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
@@ -232,7 +233,7 @@ def test_kernel_xla_matches_einsum(strategy, k, streams):
   q, kk, v = qkv(rng, 2, streams * t, t)
   fn = lambda q, k_, v: two_stream_attention(q, k_, v, group, seg, group_size=k,
                                              backend="xla")
-  ref = lambda q, k_, v: attention.einsum_attention(q, k_, v, limit, rseg, group, seg)
+  ref = lambda q, k_, v: einsum_attention(q, k_, v, limit, rseg, group, seg)
   assert_same_path(fn, ref, q, kk, v)
 
 
@@ -244,7 +245,7 @@ def test_kernel_splash_interpret_matches_einsum():
   q, kk, v = qkv(rng, 2, 2 * t, t)
   fn = lambda q, k_, v: two_stream_attention(q, k_, v, group, seg, group_size=k,
                                              backend="splash", interpret=True)
-  ref = lambda q, k_, v: attention.einsum_attention(q, k_, v, limit, rseg, group, seg)
+  ref = lambda q, k_, v: einsum_attention(q, k_, v, limit, rseg, group, seg)
   assert_same_path(fn, ref, q, kk, v)
 
 

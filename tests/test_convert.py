@@ -14,11 +14,12 @@ import transformers
 
 from a3_jax import sharding
 from a3_jax.config import RopeScaling
-from a3_jax.convert import cli, hf_params
+from a3_jax.cli import convert as cli
+from a3_jax.convert import hf_params
 from a3_jax.convert.gguf_file import _factors, llama3_scaling_from_factors
 from a3_jax.convert.hf_dir import HFDir
 from a3_jax.convert.loader import load_pretrained, read_config
-from a3_jax.convert.tokenizer import JsonTokenizer, load_tokenizer
+from a3_jax.tokenizer import JsonTokenizer, load_tokenizer
 from test_hf_parity import IDS, LLAMA3, content_logits, hf_logits, make_hf_llama
 
 # --- Hugging Face directories -------------------------------------------------------
@@ -330,7 +331,7 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
 def test_cli_as_a_program(tmp_path):
   (tmp_path / "empty").mkdir()
   result = subprocess.run(
-      [sys.executable, "-m", "a3_jax.convert.cli", f"--from=hf:{tmp_path / 'empty'}",
+      [sys.executable, "-m", "a3_jax.cli.convert", f"--from=hf:{tmp_path / 'empty'}",
        f"--out={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert result.stderr.splitlines() == [

@@ -12,8 +12,10 @@ import tensorflow_datasets as tfds
 from absl import flags
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from a3_jax.data import (VALIDATION_WORKS, load_tokenizer, load_works, make_eval_batches,
-                         make_source, make_train_iterator)
+from a3_jax.data.corpus import VALIDATION_WORKS, load_works
+from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
+from a3_jax.data.sources import make_source
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.sharding import batch_sharding, make_mesh, shard_batch
 
 SEQ_LEN = 32

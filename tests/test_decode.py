@@ -8,10 +8,10 @@ import pytest
 from flax.linen import meta
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from a3_jax import decode
+from a3_jax.decoding import group as decode
 from a3_jax.config import get_preset
 from a3_jax.model import A3LM, init_params
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.sampling import SamplerConfig
 
 # Larger init than the preset: peaked distributions, so 1e-6 differences between
 # the cached and recomputed logits cannot flip a sample.

@@ -13,12 +13,12 @@ def export_dir(tmp_path_factory):
 
 
 def _generate(*args):
-  return run_module("a3_jax.generate", *args)
+  return run_module("a3_jax.cli.generate", *args)
 
 
 @pytest.mark.slow
 def test_infill_and_continue_json(export_dir):
-  from a3_jax.data.tokenizer import load_tokenizer
+  from a3_jax.tokenizer import load_tokenizer
   tokenizer = load_tokenizer()
   proc = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:3> and foul",
                    "--max_new_tokens=4", "--decoder=dynamic", "--commit_per_step=2",

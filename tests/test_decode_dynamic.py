@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax.linen import meta
 
-from a3_jax import decode_dynamic
+from a3_jax.decoding import dynamic as decode_dynamic
 from a3_jax.config import get_preset
-from a3_jax.decode_dynamic import CRITERIA
+from a3_jax.decoding.dynamic import CRITERIA
 from a3_jax.model import A3LM, init_params
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.sampling import SamplerConfig
 
 # Peaked distributions (see test_decode.py): no near-ties between scores.
 CFG = get_preset("tiny", init_std=0.5, query_init_scale=0.5)

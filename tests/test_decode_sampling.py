@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from a3_jax import sampling
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding import sampling
+from a3_jax.decoding.sampling import SamplerConfig
 
 PROBS = np.array([0.5, 0.3, 0.15, 0.05], np.float32)
 LOGITS = np.log(PROBS)[None, None]  # [1, 1, V]

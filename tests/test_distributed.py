@@ -76,7 +76,7 @@ def test_single_host_initializes_nothing(monkeypatch):
 
 def test_a3_train_reports_incomplete_settings_in_one_line():
   env = dict(os.environ, A3_NUM_PROCESSES="2")
-  proc = subprocess.run([sys.executable, "-m", "a3_jax.train", "--process_id=1"], env=env,
+  proc = subprocess.run([sys.executable, "-m", "a3_jax.cli.train", "--process_id=1"], env=env,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
@@ -109,7 +109,7 @@ def _free_port() -> int:
 
 
 def _start_two_processes(workdir, tmp_path, **overrides):
-  """`python -m a3_jax.train` as processes 0 and 1 of one run, 4 CPU devices each."""
+  """`python -m a3_jax.cli.train` as processes 0 and 1 of one run, 4 CPU devices each."""
   flags = [f"--{k}={v}" for k, v in {**JOB, **overrides}.items()] + [f"--warmup_steps={WARMUP}"]
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", A3_NUM_PROCESSES="2",
              A3_COORDINATOR=f"127.0.0.1:{_free_port()}",
@@ -120,7 +120,7 @@ def _start_two_processes(workdir, tmp_path, **overrides):
   for i in range(2):
     with open(tmp_path / f"process_{i}.log", "w") as log:
       procs.append(subprocess.Popen(
-          [sys.executable, "-m", "a3_jax.train", f"--workdir={workdir}", *flags],
+          [sys.executable, "-m", "a3_jax.cli.train", f"--workdir={workdir}", *flags],
           env=dict(env, A3_PROCESS_ID=str(i)), stdout=log, stderr=subprocess.STDOUT))
   return procs
 

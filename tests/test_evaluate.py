@@ -158,7 +158,7 @@ def export_dir(tmp_path_factory):
 
 
 def _eval(*args):
-  return run_module("a3_jax.eval_cli", *args)
+  return run_module("a3_jax.cli.eval", *args)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from a3_jax.convert import cli
+from a3_jax.cli import convert as cli
 from a3_jax.convert.hf_export import export_hf
 from a3_jax.convert.hf_params import QUERY_EMBED_NAME
 from a3_jax.convert.loader import load_pretrained

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax.linen import meta
 
-from a3_jax.attention import einsum_attention
+from a3_jax.attention.einsum import einsum_attention
 from a3_jax.config import get_preset
 from a3_jax.loss import token_logprobs
 from a3_jax.model import A3LM, init_params

@@ -30,7 +30,7 @@ def test_preset_builds_abstractly_on_8_devices_and_round_trips_json(name):
 @pytest.mark.parametrize("path", [p for p in FLAG_FILES if not p.endswith("common.flags")],
                          ids=os.path.basename)
 def test_flag_file_dry_run_reports_bytes_per_device(path):
-  proc = subprocess.run([sys.executable, "-m", "a3_jax.dry_run", f"--flagfile={path}"],
+  proc = subprocess.run([sys.executable, "-m", "a3_jax.cli.dry_run", f"--flagfile={path}"],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from a3_jax.convert import cli
+from a3_jax.cli import convert as cli
 from a3_jax.convert.loader import load_pretrained
 from a3_jax.data.corpus import load_works
 from a3_jax.model import A3LM

@@ -122,7 +122,7 @@ def test_bad_generation_records_are_clear_errors(tmp_path):
 
 
 def test_encode_pair_follows_lm_eval():
-  from a3_jax.data.tokenizer import load_tokenizer
+  from a3_jax.tokenizer import load_tokenizer
   tok = load_tokenizer()
   ctx, cont = scoring.encode_pair(tok, "Question: Who?\nAnswer: ", "Paris")
   assert tok.decode(ctx + cont) == "Question: Who?\nAnswer: Paris"

@@ -25,7 +25,8 @@ import numpy as np
 
 from a3_jax.config import ModelConfig, RopeScaling
 from a3_jax.convert import hf_params
-from a3_jax.convert.tokenizer import JsonTokenizer
+from a3_jax.tokenizer import JsonTokenizer
+from a3_jax.errors import UserError
 
 _LAYER_NAMES = {  # HF suffix under model.layers.{i}. -> GGUF suffix under blk.{i}.
     "input_layernorm.weight": "attn_norm.weight",
@@ -46,18 +47,18 @@ class GGUFFile:
 
   def __init__(self, path: str):
     if not os.path.isfile(path):
-      raise ValueError(f"GGUF file {path} does not exist")
+      raise UserError(f"GGUF file {path} does not exist")
     self.path = path
     try:
       self._reader = gguf.GGUFReader(path)
     except Exception as e:  # the reader raises ValueError/struct errors on non-GGUF bytes
-      raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
+      raise UserError(f"{path} is not a readable GGUF file: {e}") from None
     self._meta = {k: f.contents() for k, f in self._reader.fields.items()
                   if not k.startswith("tokenizer.ggml.")}
     self._tensors = {t.name: t for t in self._reader.tensors}
     arch = self._meta.get("general.architecture")
     if arch != "llama":
-      raise ValueError(f"unsupported GGUF architecture {arch!r}; supported: 'llama' "
+      raise UserError(f"unsupported GGUF architecture {arch!r}; supported: 'llama' "
                        "(LLaMA 2, 3, 3.1, 3.2, SmolLM2)")
     self.hf_config = self._hf_config()
     layers = self.hf_config["num_hidden_layers"]
@@ -75,14 +76,14 @@ class GGUFFile:
     required = ("embedding_length", "block_count", "attention.head_count", "feed_forward_length")
     missing = [f"llama.{k}" for k in required if self._get(k) is None]
     if missing:
-      raise ValueError(f"GGUF file {self.path} lacks metadata {missing}")
+      raise UserError(f"GGUF file {self.path} lacks metadata {missing}")
     d, heads = int(self._get("embedding_length")), int(self._get("attention.head_count"))
     head_dim = int(self._get("attention.key_length", d // heads))
     if int(self._get("rope.dimension_count", head_dim)) != head_dim:
-      raise ValueError("unsupported GGUF: partial rotary embeddings "
+      raise UserError("unsupported GGUF: partial rotary embeddings "
                        f"(rope.dimension_count {self._get('rope.dimension_count')} != head_dim {head_dim})")
     if self._get("rope.scaling.type") not in (None, "none"):
-      raise ValueError(f"unsupported RoPE scaling type {self._get('rope.scaling.type')!r} "
+      raise UserError(f"unsupported RoPE scaling type {self._get('rope.scaling.type')!r} "
                        "(supported: llama3, stored as rope_freqs)")
     vocab = self._get("vocab_size")
     if vocab is None and "token_embd.weight" in self._tensors:
@@ -129,7 +130,7 @@ class GGUFFile:
     try:
       from transformers import AutoTokenizer
     except ImportError:
-      raise ValueError("rebuilding a GGUF file's tokenizer needs transformers "
+      raise UserError("rebuilding a GGUF file's tokenizer needs transformers "
                        "(pip install transformers)") from None
     tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(self.path)),
                                         gguf_file=os.path.basename(self.path))
@@ -159,7 +160,7 @@ def llama3_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int
   the standard (low 1, high 4, `original_max_position`) is tried.
   """
   if factors.shape != (head_dim // 2,):
-    raise ValueError(f"GGUF rope_freqs has shape {factors.shape}, expected ({head_dim // 2},)")
+    raise UserError(f"GGUF rope_freqs has shape {factors.shape}, expected ({head_dim // 2},)")
   if np.allclose(factors, 1.0):
     return None
   factor = float(factors.max())
@@ -174,4 +175,4 @@ def llama3_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int
   for scaling in candidates:
     if np.allclose(_factors(scaling, theta, head_dim), factors, rtol=1e-4):
       return scaling
-  raise ValueError("GGUF rope_freqs are not a llama3 RoPE scaling (unsupported scaling)")
+  raise UserError("GGUF rope_freqs are not a llama3 RoPE scaling (unsupported scaling)")

@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 from a3_jax import export
 from a3_jax.convert import hf_params
-from a3_jax.convert.tokenizer import load_hf_tokenizer
+from a3_jax.tokenizer import load_hf_tokenizer
+from a3_jax.errors import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -31,18 +32,18 @@ class HFDir:
     self.path = path
     config_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
-      raise ValueError(f"{path} is not a directory")
+      raise UserError(f"{path} is not a directory")
     if not os.path.isfile(config_path):
-      raise ValueError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+      raise UserError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
     try:
       with open(config_path) as f:
         self.hf_config: dict[str, Any] = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+      raise UserError(f"{config_path} is not valid JSON: {e}") from None
     if export.is_export(path):
-      raise ValueError(f"{path} is an a3_jax export directory: pass it without 'hf:'")
+      raise UserError(f"{path} is an a3_jax export directory: pass it without 'hf:'")
     if "model_type" not in self.hf_config and "architectures" not in self.hf_config:
-      raise ValueError(f"{path} is not a Hugging Face model directory "
+      raise UserError(f"{path} is not a Hugging Face model directory "
                        "(its config.json names no model_type or architectures)")
     hf_params.check_llama_config(self.hf_config)
     self._files = self._weight_files()
@@ -57,11 +58,11 @@ class HFDir:
       files = {name: os.path.join(self.path, file) for name, file in weight_map.items()}
       absent = sorted({f for f in files.values() if not os.path.isfile(f)})
       if absent:
-        raise ValueError(f"{INDEX_NAME} lists missing files: {absent}")
+        raise UserError(f"{INDEX_NAME} lists missing files: {absent}")
       return files
     paths = sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
     if not paths:
-      raise ValueError(f"no *.safetensors weights in {self.path} "
+      raise UserError(f"no *.safetensors weights in {self.path} "
                        "(PyTorch .bin checkpoints are not supported; re-save with safetensors)")
     files = {}
     for path in paths:

@@ -27,8 +27,9 @@ from safetensors.numpy import save_file
 
 from a3_jax.config import ModelConfig
 from a3_jax.convert import hf_params
-from a3_jax.convert.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.export import copy_tokenizer, staged_directory
+from a3_jax.errors import UserError
 
 _README = """\
 # A3 (any-order any-subset autoregressive) LLaMA, exported by a3_jax
@@ -52,7 +53,7 @@ def export_hf(out_dir: str, params: Any, config: ModelConfig,
   if dtype is not None:
     config = config.replace(param_dtype=dtype)
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
-    raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
+    raise UserError(f"tokenizer file {tokenizer_path} does not exist")
   tokenizer = None if tokenizer_path is None else load_tokenizer(tokenizer_path)
   weight_dtype = np.dtype(config.weight_dtype)
   state = {name: np.ascontiguousarray(w.astype(weight_dtype)) for name, w in

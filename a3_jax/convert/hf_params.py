@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from a3_jax.config import ModelConfig, RopeScaling
+from a3_jax.errors import UserError
 
 QUERY_EMBED_NAME = "model.query_embed"
 EMBED_NAME = "model.embed_tokens.weight"
@@ -55,7 +56,7 @@ def check_llama_config(hf: Mapping[str, Any]) -> None:
   archs = hf.get("architectures") or []
   model_type = hf.get("model_type")
   if model_type != "llama" or any(a != "LlamaForCausalLM" for a in archs):
-    raise ValueError(
+    raise UserError(
         f"unsupported architecture {', '.join(archs) or '(none given)'} "
         f"(model_type {model_type!r}); supported: LlamaForCausalLM (model_type 'llama': "
         "LLaMA 2, 3, 3.1, 3.2, SmolLM2)")
@@ -70,10 +71,10 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
                          "num_attention_heads", "intermediate_size") if k not in hf]
   if missing:
-    raise ValueError(f"model config is missing {missing}")
+    raise UserError(f"model config is missing {missing}")
   for key, supported in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
     if hf.get(key, supported) != supported:
-      raise ValueError(f"unsupported LLaMA variant: {key}={hf[key]!r} (supported: {supported!r})")
+      raise UserError(f"unsupported LLaMA variant: {key}={hf[key]!r} (supported: {supported!r})")
   rope = dict(hf.get("rope_parameters") or {})  # transformers 5.x
   theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None)
@@ -81,7 +82,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   if scaling:
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind not in ("llama3", "default"):
-      raise ValueError(f"unsupported RoPE scaling type {kind!r} (supported: llama3)")
+      raise UserError(f"unsupported RoPE scaling type {kind!r} (supported: llama3)")
     if kind == "llama3":
       rope_scaling = RopeScaling(
           factor=float(scaling["factor"]),
@@ -165,16 +166,16 @@ def check_shapes(shape_of: Callable[[str], tuple[int, ...] | None], config: Mode
     for name in leaf.names:
       shape = shape_of(name)
       if shape is None:
-        raise ValueError(f"checkpoint is missing tensor {name!r}")
+        raise UserError(f"checkpoint is missing tensor {name!r}")
       if tuple(shape) != leaf.hf_shape:
-        raise ValueError(f"tensor {name!r} has shape {tuple(shape)}, "
+        raise UserError(f"tensor {name!r} has shape {tuple(shape)}, "
                          f"config expects {leaf.hf_shape}")
 
 
 def _bounds(s: slice, size: int) -> tuple[int, int]:
   start, stop, step = s.indices(size)
   if step != 1:
-    raise ValueError(f"strided slices are not supported: {s}")
+    raise UserError(f"strided slices are not supported: {s}")
   return start, stop
 
 
@@ -238,7 +239,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: ModelConfig,
     query_embed = initial_query_embed(config)
   query_embed = np.asarray(query_embed, np.float32).reshape(-1)
   if query_embed.shape != (config.d_model,):
-    raise ValueError(f"tensor {QUERY_EMBED_NAME!r} has {query_embed.size} values, "
+    raise UserError(f"tensor {QUERY_EMBED_NAME!r} has {query_embed.size} values, "
                      f"config expects {config.d_model}")
   params["query_embed"] = query_embed.astype(dt)
   return {"params": params}

@@ -22,8 +22,9 @@ from flax.linen import meta
 from a3_jax import export
 from a3_jax.config import ModelConfig
 from a3_jax.convert import hf_params
-from a3_jax.convert.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.model import init_params
+from a3_jax.errors import UserError
 
 _KINDS = ("hf", "gguf")
 
@@ -33,7 +34,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
   kind, sep, path = spec.partition(":")
   if sep and kind in _KINDS:
     if not path:
-      raise ValueError(f"checkpoint spec {spec!r} names no path")
+      raise UserError(f"checkpoint spec {spec!r} names no path")
     return kind, path
   return "export", spec
 
@@ -47,14 +48,14 @@ def open_checkpoint(spec: str):
   if kind == "gguf":
     from a3_jax.convert.gguf_file import GGUFFile
     return GGUFFile(path)
-  raise ValueError(f"{spec!r} is not an 'hf:DIR' or 'gguf:FILE' checkpoint spec")
+  raise UserError(f"{spec!r} is not an 'hf:DIR' or 'gguf:FILE' checkpoint spec")
 
 
 def _export_config(path: str) -> ModelConfig:
   try:
     return export.load_config(path)
   except ValueError as e:
-    raise ValueError(f"{e} (for a Hugging Face directory or GGUF file, write hf:{path} "
+    raise UserError(f"{e} (for a Hugging Face directory or GGUF file, write hf:{path} "
                      f"or gguf:{path})") from None
 
 
@@ -87,7 +88,7 @@ def _shardings_for(config: ModelConfig, mesh, shardings) -> Any:
     return default_shardings(config, mesh)
   expected = jax.tree.structure(meta.unbox(_abstract_params(config)))
   if jax.tree.structure(shardings) != expected:
-    raise ValueError(f"shardings do not match the params of this config: got "
+    raise UserError(f"shardings do not match the params of this config: got "
                      f"{jax.tree.structure(shardings)}, expected {expected}")
   return shardings
 
@@ -122,7 +123,7 @@ def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
   else:
     query_embed = hf_params.initial_query_embed(config)
   if query_embed.shape != (config.d_model,):
-    raise ValueError(f"tensor {name!r} has {query_embed.size} values, "
+    raise UserError(f"tensor {name!r} has {query_embed.size} values, "
                      f"config expects {config.d_model}")
   params["query_embed"] = _sharded_leaf(
       (config.d_model,), shardings["params"]["query_embed"], dtype,
@@ -157,3 +158,21 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
   tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
   shardings = _shardings_for(config, mesh, shardings)
   return _load_source(source, config, shardings), config, tokenizer
+
+
+def load_model(spec: str, tokenizer_path: str | None = None):
+  """(params, config, tokenizer) of a checkpoint `hf:DIR | gguf:FILE | EXPORT_DIR`.
+
+  The one loader of generation, evaluation and conversion: `tokenizer_path`
+  replaces the checkpoint's own tokenizer; a checkpoint without one needs it.
+  """
+  import os
+  from a3_jax.tokenizer import load_tokenizer
+  params, config, tokenizer = load_pretrained(spec)
+  if tokenizer_path:
+    if not os.path.isfile(tokenizer_path):
+      raise UserError(f"tokenizer file {tokenizer_path} does not exist")
+    tokenizer = load_tokenizer(tokenizer_path)
+  if tokenizer is None:
+    raise UserError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
+  return params, config, tokenizer

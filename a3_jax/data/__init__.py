@@ -1,9 +1,2 @@
-"""Data: the embedded Shakespeare corpus, tokenizers, document sources, grain pipelines."""
-
-from a3_jax.data.corpus import VALIDATION_WORKS, load_works
-from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
-from a3_jax.data.sources import make_source
-from a3_jax.data.tokenizer import Tokenizer, load_tokenizer
-
-__all__ = ["VALIDATION_WORKS", "Tokenizer", "load_tokenizer", "load_works", "make_eval_batches",
-           "make_source", "make_train_iterator"]
+"""Data: the embedded Shakespeare corpus (`corpus`), document sources (`sources`),
+grain packing pipelines (`pipeline`) and a JSON-safe iterator state (`json_state`)."""

@@ -11,6 +11,7 @@ import functools
 import importlib.resources
 import json
 import lzma
+from a3_jax.errors import UserError
 
 SPLITS = ("train", "validation", "all")
 VALIDATION_WORKS = ("macbeth", "tempest", "twelfth_night")
@@ -31,6 +32,6 @@ def _all_works() -> tuple[tuple[str, str], ...]:
 def load_works(split: str) -> list[tuple[str, str]]:
   """(name, text) of every work in `split` ("train", "validation" or "all"), sorted by name."""
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r} of the embedded corpus; expected one of {SPLITS}")
+    raise UserError(f"unknown split {split!r} of the embedded corpus; expected one of {SPLITS}")
   return [(name, text) for name, text in _all_works()
           if split == "all" or (name in VALIDATION_WORKS) == (split == "validation")]

@@ -32,7 +32,8 @@ import numpy as np
 
 from a3_jax.data.json_state import JsonStateIterator
 from a3_jax.data.sources import make_source
-from a3_jax.data.tokenizer import Tokenizer
+from a3_jax.tokenizer import Tokenizer
+from a3_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
@@ -57,7 +58,7 @@ def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
 
 def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDataset:
   if tokenizer.eos_id < 0:
-    raise ValueError(f"{tokenizer} has no EOS id, which ends every document")
+    raise UserError(f"{tokenizer} has no EOS id, which ends every document")
   return documents.map(functools.partial(_encode_document, tokenizer))
 
 
@@ -77,7 +78,7 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   index = jax.process_index() if shard_index is None else shard_index
   count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= index < count:
-    raise ValueError(f"shard_index={index} is not in [0, shard_count={count})")
+    raise UserError(f"shard_index={index} is not in [0, shard_count={count})")
   return index, count
 
 
@@ -101,7 +102,7 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
   host_documents = documents[index::count]
   if not len(host_documents):
-    raise ValueError(f"source {source_spec!r} has {len(documents)} documents, too few for "
+    raise UserError(f"source {source_spec!r} has {len(documents)} documents, too few for "
                      f"{count} hosts to get at least one each")
   ids = _tokenized(host_documents.shuffle(seed=seed).repeat(None), tokenizer)
   rows = grain.experimental.WindowShuffleIterDataset(_packed_rows(ids, seq_len),

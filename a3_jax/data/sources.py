@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from a3_jax.data import corpus
+from a3_jax.errors import UserError
 
 SCHEMES = ("shakespeare", "text:GLOB", "arrayrecord:GLOB", "tfds:NAME[:SPLIT]")
 
@@ -34,9 +35,9 @@ def json_text(line: bytes | str, where: str) -> str:
   try:
     document = json.loads(line)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: not JSON ({e})") from None
+    raise UserError(f"{where}: not JSON ({e})") from None
   if not isinstance(document, dict) or not isinstance(document.get("text"), str):
-    raise ValueError(f"{where}: expected a JSON object with a string 'text' field")
+    raise UserError(f"{where}: expected a JSON object with a string 'text' field")
   return document["text"]
 
 
@@ -143,10 +144,10 @@ def _glob(spec: str, pattern: str, extensions: tuple[str, ...] | None = None) ->
   matches = glob.glob(os.path.expanduser(pattern), recursive=True)
   paths = sorted(p for p in matches if os.path.isfile(p))
   if not paths:
-    raise ValueError(f"source {spec!r}: no files match {pattern!r}")
+    raise UserError(f"source {spec!r}: no files match {pattern!r}")
   unsupported = [p for p in paths if extensions and not p.endswith(extensions)]
   if unsupported:
-    raise ValueError(f"source {spec!r}: {unsupported[0]!r} is not one of {extensions}")
+    raise UserError(f"source {spec!r}: {unsupported[0]!r} is not one of {extensions}")
   return paths
 
 
@@ -158,18 +159,18 @@ def _tfds_source(spec: str, name: str, split: str, data_dir: str | None) -> Tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"source {spec!r}: no tfds dataset named {name!r} is registered") from None
+    raise UserError(f"source {spec!r}: no tfds dataset named {name!r} is registered") from None
   if not builder.is_prepared():
-    raise ValueError(f"source {spec!r}: tfds dataset {name!r} is not prepared in "
+    raise UserError(f"source {spec!r}: tfds dataset {name!r} is not prepared in "
                      f"{builder.data_dir} (build it with file_format='array_record'; "
                      "nothing is downloaded here)")
   if "text" not in builder.info.features:
-    raise ValueError(f"source {spec!r}: tfds dataset {name!r} has no 'text' feature "
+    raise UserError(f"source {spec!r}: tfds dataset {name!r} has no 'text' feature "
                      f"(features: {sorted(builder.info.features)})")
   try:
     return TfdsTextSource(builder.as_data_source(split=split))
   except (ValueError, NotImplementedError) as e:  # An unknown split, or not array_record.
-    raise ValueError(f"source {spec!r}: {e}") from None
+    raise UserError(f"source {spec!r}: {e}") from None
 
 
 def make_source(spec: str, *, split: str = "train", data_dir: str | None = None) -> Sequence[str]:
@@ -190,4 +191,4 @@ def make_source(spec: str, *, split: str = "train", data_dir: str | None = None)
   if scheme == "tfds" and rest:
     name, _, tfds_split = rest.partition(":")
     return _tfds_source(spec, name, tfds_split or split, data_dir)
-  raise ValueError(f"unknown data source {spec!r}; expected one of {', '.join(SCHEMES)}")
+  raise UserError(f"unknown data source {spec!r}; expected one of {', '.join(SCHEMES)}")

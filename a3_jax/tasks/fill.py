@@ -28,7 +28,8 @@ from flax.linen import meta
 
 from a3_jax.config import ModelConfig
 from a3_jax.model import A3LM, Rows
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.errors import UserError
 
 METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
@@ -63,9 +64,9 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
   blank filled; later blanks keep the pad token 0.
   """
   if method not in METHODS:
-    raise ValueError(f"unknown fill method {method!r}; choose one of {METHODS}")
+    raise UserError(f"unknown fill method {method!r}; choose one of {METHODS}")
   if group_size < 1:
-    raise ValueError(f"group_size must be >= 1, got {group_size}")
+    raise UserError(f"group_size must be >= 1, got {group_size}")
   tokens = np.asarray(tokens_BxT, np.int32)
   known = np.asarray(known_BxT, bool)
   valid = np.ones(tokens.shape, bool) if valid_BxT is None else np.asarray(valid_BxT, bool)
@@ -75,13 +76,13 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     return tokens, 0
   params = meta.unbox(params)
   if method == "a3":
-    from a3_jax import decode
+    from a3_jax.decoding import group as decode
     groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
     out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
                                eos_id=eos_id)
     return np.asarray(out.tokens), math.ceil(most / group_size)
   if method == "a3-dynamic":
-    from a3_jax.decode_dynamic import decode_dynamic
+    from a3_jax.decoding.dynamic import decode_dynamic
     out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
                          criterion="confidence", commit_per_step=group_size,
                          sampler=GREEDY, seed=seed, eos_id=eos_id)
@@ -91,6 +92,6 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     steps = math.ceil(most / group_size)
     return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed), steps
   if np.any(blanks[:, 0]):
-    raise ValueError("the causal baseline cannot fill position 0: it has no left context")
+    raise UserError("the causal baseline cannot fill position 0: it has no left context")
   out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
   return np.asarray(out), int(blanks.any(axis=0).sum())

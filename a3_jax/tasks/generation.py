@@ -24,6 +24,7 @@ import numpy as np
 from a3_jax.config import ModelConfig
 from a3_jax.tasks import fill as fill_lib
 from a3_jax.tasks import readers
+from a3_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +64,14 @@ def triviaqa(record: dict, where: str) -> QAExample:
   else:
     answer = readers.get(record, ("answer", "Answer"), where)
     if not isinstance(answer, dict):
-      raise ValueError(f"{where}: 'answer' must be an object with aliases")
+      raise UserError(f"{where}: 'answer' must be an object with aliases")
     aliases = list(answer.get("aliases") or answer.get("Aliases") or [])
     aliases += list(answer.get("normalized_aliases") or answer.get("NormalizedAliases") or [])
     value = answer.get("value") or answer.get("Value")
     aliases += [value] if value else []
   aliases = tuple(a for a in aliases if isinstance(a, str) and a.strip())
   if not aliases:
-    raise ValueError(f"{where}: missing field 'answer' aliases (no gold answer)")
+    raise UserError(f"{where}: missing field 'answer' aliases (no gold answer)")
   return QAExample(question, aliases)
 
 
@@ -84,14 +85,14 @@ def evaluate_qa(params, config: ModelConfig, tokenizer, examples: Sequence[QAExa
                 group_size: int = 1) -> dict:
   """Exact-match accuracy (alias matching) of greedy answers; also the predictions."""
   if not examples:
-    raise ValueError("no examples to evaluate")
+    raise UserError("no examples to evaluate")
   prompts = [tokenizer.encode(prompt(ex.question)) for ex in examples]
   predictions = []
   for s in range(0, len(examples), batch_size):
     chunk = prompts[s:s + batch_size]
     width = max(len(p) for p in chunk) + max_new_tokens
     if width > config.max_seq_len:
-      raise ValueError(f"a prompt of {width - max_new_tokens} tokens plus {max_new_tokens} "
+      raise UserError(f"a prompt of {width - max_new_tokens} tokens plus {max_new_tokens} "
                        f"new ones exceeds the model's {config.max_seq_len} positions")
     tokens = np.zeros((batch_size, width), np.int32)
     known = np.zeros((batch_size, width), bool)

@@ -17,6 +17,7 @@ import numpy as np
 from a3_jax.config import ModelConfig
 from a3_jax.tasks import fill as fill_lib
 from a3_jax.tasks import readers
+from a3_jax.errors import UserError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -44,7 +45,7 @@ def rocstories(record: dict, where: str) -> Story:
   elif record.get("InputSentence1") is not None:
     right = readers.get(record, ("AnswerRightEnding",), where)
     if str(right).strip() not in ("1", "2"):
-      raise ValueError(f"{where}: AnswerRightEnding must be 1 or 2, got {right!r}")
+      raise UserError(f"{where}: AnswerRightEnding must be 1 or 2, got {right!r}")
     sentences = [readers.get(record, (f"InputSentence{i}",), where) for i in range(1, 5)]
     sentences.append(readers.get(record, (f"RandomFifthSentenceQuiz{str(right).strip()}",),
                                  where))
@@ -52,7 +53,7 @@ def rocstories(record: dict, where: str) -> Story:
     sentences = [readers.get(record, (f"sentence{i}",), where) for i in range(1, 6)]
   sentences = [str(s).strip() for s in sentences]
   if len(sentences) != 5 or not all(sentences):
-    raise ValueError(f"{where}: a story needs 5 non-empty sentences")
+    raise UserError(f"{where}: a story needs 5 non-empty sentences")
   return Story(tuple(sentences))
 
 
@@ -94,13 +95,13 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
                     method: str = "a3", group_size: int = 1, batch_size: int = 8) -> dict:
   """ROUGE-1/2/L x 100 of the generated middles; also token accuracy and the texts."""
   if not stories:
-    raise ValueError("no examples to evaluate")
+    raise UserError("no examples to evaluate")
   predictions, hits, total, calls = [], 0, 0, 0
   for s in range(0, len(stories), batch_size):
     chunk = stories[s:s + batch_size]
     tokens, known, valid, spans = infill_layout(tokenizer, chunk)
     if tokens.shape[1] > config.max_seq_len:
-      raise ValueError(f"a story of {tokens.shape[1]} tokens exceeds the model's "
+      raise UserError(f"a story of {tokens.shape[1]} tokens exceeds the model's "
                        f"{config.max_seq_len} positions")
     out, n_calls = fill_lib.fill(params, config, tokens, known, valid, method=method,
                                  group_size=group_size)

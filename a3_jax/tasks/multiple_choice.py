@@ -22,6 +22,7 @@ import numpy as np
 
 from a3_jax.config import ModelConfig
 from a3_jax.tasks import readers, scoring
+from a3_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _label(value, num_choices: int, where: str, one_based: bool) -> int:
   except (TypeError, ValueError):
     label = -1
   if not 0 <= label < num_choices:
-    raise ValueError(f"{where}: label {value!r} is not one of the {num_choices} choices")
+    raise UserError(f"{where}: label {value!r} is not one of the {num_choices} choices")
   return label
 
 
@@ -58,7 +59,7 @@ def hellaswag(record: dict, where: str, labels=None) -> ChoiceExample:
   query = _hellaswag_text(readers.get(record, ("activity_label",), where) + ": " + ctx)
   endings = readers.get(record, ("endings",), where)
   if not isinstance(endings, list) or len(endings) < 2:
-    raise ValueError(f"{where}: 'endings' must be a list of at least 2 strings")
+    raise UserError(f"{where}: 'endings' must be a list of at least 2 strings")
   label = _label(readers.get(record, ("label",), where), len(endings), where, False)
   return ChoiceExample(tuple((query, " " + _hellaswag_text(e)) for e in endings), label)
 
@@ -67,7 +68,7 @@ def winogrande(record: dict, where: str, labels=None) -> ChoiceExample:
   del labels
   sentence = readers.get(record, ("sentence",), where)
   if sentence.count("_") != 1:
-    raise ValueError(f"{where}: 'sentence' must hold exactly one '_' blank")
+    raise UserError(f"{where}: 'sentence' must hold exactly one '_' blank")
   options = [readers.get(record, (f"option{i}",), where) for i in (1, 2)]
   blank = sentence.index("_")
   rest = " " + sentence[blank + 1:].strip()
@@ -108,12 +109,12 @@ TASKS: dict[str, tuple[Callable, str]] = {
 def load_examples(task: str, spec: str, limit: int | None = None) -> list[ChoiceExample]:
   """The first `limit` examples of a multiple-choice task file or tfds dataset."""
   if task not in TASKS:
-    raise ValueError(f"unknown multiple-choice task {task!r}; choose one of {sorted(TASKS)}")
+    raise UserError(f"unknown multiple-choice task {task!r}; choose one of {sorted(TASKS)}")
   parse = TASKS[task][0]
   records = readers.read_records(spec)[:limit]
   labels = readers.sibling_labels(spec)
   if labels is not None and len(labels) < len(records):
-    raise ValueError(f"{spec}: the labels file has {len(labels)} lines for "
+    raise UserError(f"{spec}: the labels file has {len(labels)} lines for "
                      f"{len(records)} records")
   return [parse(r, f"task data {spec}, record {i}", None if labels is None else labels[i])
           for i, r in enumerate(records)]
@@ -125,9 +126,9 @@ def evaluate_choices(params, config: ModelConfig, tokenizer, examples: Sequence[
   """Accuracy of the best-scoring choice: `accuracy` under `reduction` ('sum' or
   'mean' token log-prob), and both `accuracy_sum` and `accuracy_mean`."""
   if reduction not in ("sum", "mean"):
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    raise UserError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
   if not examples:
-    raise ValueError("no examples to evaluate")
+    raise UserError("no examples to evaluate")
   pairs = [scoring.encode_pair(tokenizer, c, x) for ex in examples for c, x in ex.choices]
   start = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.eos_id
   logp, counts = scoring.loglikelihoods(params, config, pairs, head=head,

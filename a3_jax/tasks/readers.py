@@ -20,6 +20,7 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+from a3_jax.errors import UserError
 
 
 def _plain(value: Any) -> Any:
@@ -46,7 +47,7 @@ def _read_jsonl(path: str) -> list[dict]:
       try:
         records.append(json.loads(line))
       except json.JSONDecodeError as e:
-        raise ValueError(f"task file {path}, line {n}: not JSON ({e})") from None
+        raise UserError(f"task file {path}, line {n}: not JSON ({e})") from None
   return records
 
 
@@ -55,11 +56,11 @@ def _read_json(path: str) -> list[dict]:
     try:
       data = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"task file {path}: not JSON ({e})") from None
+      raise UserError(f"task file {path}: not JSON ({e})") from None
   if isinstance(data, dict) and isinstance(data.get("Data"), list):
     data = data["Data"]
   if not isinstance(data, list):
-    raise ValueError(f"task file {path}: expected a JSON list of records or {{'Data': [...]}}")
+    raise UserError(f"task file {path}: expected a JSON list of records or {{'Data': [...]}}")
   return data
 
 
@@ -71,12 +72,12 @@ def _read_csv(path: str) -> list[dict]:
 def _read_tfds(spec: str) -> list[dict]:
   name, _, split = spec[len("tfds:"):].partition(":")
   if not name:
-    raise ValueError(f"task data {spec!r} names no dataset; expected tfds:NAME[:SPLIT]")
+    raise UserError(f"task data {spec!r} names no dataset; expected tfds:NAME[:SPLIT]")
   import tensorflow_datasets as tfds
   try:
     source = tfds.data_source(name, split=split or "validation", download=False)
   except Exception as e:  # tfds raises several types for an unprepared dataset
-    raise ValueError(f"task data {spec!r}: cannot open the prepared tfds dataset "
+    raise UserError(f"task data {spec!r}: cannot open the prepared tfds dataset "
                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
   return [_plain(source[i]) for i in range(len(source))]
 
@@ -87,18 +88,18 @@ def read_records(spec: str) -> list[dict]:
     records = _read_tfds(spec)
   else:
     if not os.path.isfile(spec):
-      raise ValueError(f"task file {spec} does not exist")
+      raise UserError(f"task file {spec} does not exist")
     ext = os.path.splitext(spec)[1].lower()
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
     if ext not in readers:
-      raise ValueError(f"task file {spec}: unknown format {ext!r}; expected .jsonl, .json "
+      raise UserError(f"task file {spec}: unknown format {ext!r}; expected .jsonl, .json "
                        "or .csv (or tfds:NAME[:SPLIT])")
     records = readers[ext](spec)
   if not records:
-    raise ValueError(f"task data {spec} holds no records")
+    raise UserError(f"task data {spec} holds no records")
   bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
   if bad is not None:
-    raise ValueError(f"task data {spec}, record {bad}: expected an object")
+    raise UserError(f"task data {spec}, record {bad}: expected an object")
   return [_plain(r) for r in records]
 
 
@@ -108,7 +109,7 @@ def get(record: dict, names: Sequence[str], where: str) -> Any:
     if record.get(name) is not None:
       return record[name]
   wanted = " or ".join(repr(n) for n in names)
-  raise ValueError(f"{where}: missing field {wanted}")
+  raise UserError(f"{where}: missing field {wanted}")
 
 
 def sibling_labels(spec: str) -> list[str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from a3_jax.config import ModelConfig
 from a3_jax.tasks import generation, infill, multiple_choice
+from a3_jax.errors import UserError
 
 TASKS = tuple(sorted(multiple_choice.TASKS)) + ("triviaqa", "rocstories")
 # The fill method of each head for the generation tasks (a3-dynamic is asked for by name).
@@ -19,15 +20,15 @@ def run_task(task: str, data: str, params, config: ModelConfig, tokenizer, *,
   tasks only). method overrides the fill method of the generation tasks.
   """
   if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    raise UserError(f"unknown task {task!r}; choose one of {TASKS}")
   if head not in HEAD_METHODS:
-    raise ValueError(f"unknown head {head!r}; choose one of {tuple(HEAD_METHODS)}")
+    raise UserError(f"unknown head {head!r}; choose one of {tuple(HEAD_METHODS)}")
   if limit is not None and limit < 1:
-    raise ValueError(f"limit must be >= 1, got {limit}")
+    raise UserError(f"limit must be >= 1, got {limit}")
   out = {"task": task, "data": data, "head": head}
   if task in multiple_choice.TASKS:
     if head == "mdm":
-      raise ValueError("multiple-choice scoring needs exact log-probs: use head query or "
+      raise UserError("multiple-choice scoring needs exact log-probs: use head query or "
                        "content (the masked-diffusion baseline has only a bound)")
     examples = multiple_choice.load_examples(task, data, limit)
     return {**out, **multiple_choice.evaluate_choices(

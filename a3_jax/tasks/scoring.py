@@ -14,6 +14,7 @@ import numpy as np
 
 from a3_jax.config import ModelConfig
 from a3_jax.evaluate import HEADS, grouped_logprobs
+from a3_jax.errors import UserError
 
 Pair = tuple[Sequence[int], Sequence[int]]
 
@@ -35,12 +36,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def _row(ctx: Sequence[int], cont: Sequence[int], head: str, max_len: int, start_id: int):
   """tokens, groups, scored [n] of one pair, the context cut from the left to fit."""
   if not cont:
-    raise ValueError("a continuation encodes to no tokens: nothing to score")
+    raise UserError("a continuation encodes to no tokens: nothing to score")
   if head == "content" and not ctx:
     ctx = [start_id]  # the causal LM predicts the first token from a start token
   keep = max_len - len(cont)
   if keep < (1 if head == "content" else 0):
-    raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's "
+    raise UserError(f"a continuation of {len(cont)} tokens does not fit the model's "
                      f"{max_len} positions")
   ctx = list(ctx)[max(len(ctx) - keep, 0):]
   tokens = np.asarray(ctx + list(cont), np.int32)
@@ -66,7 +67,7 @@ def loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *, head: 
   Rows are padded to [batch_size, power-of-two width] so that few programs compile.
   """
   if head not in HEADS:
-    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
   max_len = min(max_len or config.max_seq_len, config.max_seq_len)
   rows = [_row(c, x, head, max_len, start_id) for c, x in pairs]
   logp = np.zeros(len(rows))

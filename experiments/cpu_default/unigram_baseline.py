@@ -16,7 +16,7 @@ from absl import app, flags
 
 from a3_jax.data.pipeline import make_eval_batches
 from a3_jax.data.sources import make_source
-from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.metrics import read_metrics
 from a3_jax.trainer import Job
 

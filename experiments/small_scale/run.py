@@ -33,7 +33,7 @@ from a3_jax import evaluate, mdm
 from a3_jax.checkpoint import restore_params
 from a3_jax.config import ModelConfig
 from a3_jax.data.corpus import load_works
-from a3_jax.data.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer
 from a3_jax.metrics import read_metrics
 from a3_jax.tasks import fill
 from a3_jax.train_step import TrainConfig

@@ -30,9 +30,9 @@ from a3_jax import sharding as shd
 from a3_jax.checkpoint import restore_params
 from a3_jax.convert.loader import load_pretrained
 from a3_jax.data.pipeline import make_eval_batches
-from a3_jax.decode import decode_groups, schedule
+from a3_jax.decoding.group import decode_groups, schedule
 from a3_jax.metrics import read_metrics
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.train_step import TrainConfig, make_eval_step, state_shardings
 from a3_jax.trainer import Job, evaluate, run
 

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
-from a3_jax import decode_loop, sampling
+from a3_jax.decoding import loop as decode_loop, sampling
 from a3_jax.config import ModelConfig
-from a3_jax.decode_loop import DecodeResult
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.loop import DecodeResult
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.errors import UserError
 
 # Ranking scores, chosen by a traced index (one compiled decoder for all four);
 # 'threshold' ranks by confidence but commits a variable number per step.
@@ -55,18 +56,18 @@ def decode_dynamic(params, config: ModelConfig, tokens_BxT, known_BxT, *, valid_
   """
   decode_loop.check_form(form)
   if criterion not in CRITERIA:
-    raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+    raise UserError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
   if commit_per_step < 1:
-    raise ValueError(f"commit_per_step must be >= 1, got {commit_per_step}")
+    raise UserError(f"commit_per_step must be >= 1, got {commit_per_step}")
   if block_size < 0:
-    raise ValueError(f"block_size must be >= 0 (0 = no blocks), got {block_size}")
+    raise UserError(f"block_size must be >= 0 (0 = no blocks), got {block_size}")
   if criterion == "threshold" and not 0.0 <= threshold <= 1.0:
-    raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    raise UserError(f"threshold must be in [0, 1], got {threshold}")
   tokens = np.asarray(tokens_BxT)
   known = np.asarray(known_BxT, bool)
   valid = np.ones(tokens.shape, bool) if valid_BxT is None else np.asarray(valid_BxT, bool)
   if known.shape != tokens.shape or valid.shape != tokens.shape:
-    raise ValueError(f"known {known.shape} and valid {valid.shape} masks must have the "
+    raise UserError(f"known {known.shape} and valid {valid.shape} masks must have the "
                      f"token shape {tokens.shape}")
   rows = decode_loop.check_tokens(config, tokens, known & valid, row_ids)
   decode_loop.check_special_ids(config, eos_id, pad_id)

@@ -16,6 +16,7 @@ import os
 import sys
 
 from absl import flags
+from a3_jax.errors import UserError
 
 flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product, or 8 with -1)")
 flags.DEFINE_bool("compile", False, "also compile the train step and report its memory")
@@ -80,11 +81,11 @@ def report(job, compile_step: bool) -> dict:
 
 
 def main(argv):
-  from a3_jax import cli
-  from a3_jax.train import job_from_flags
+  from a3_jax.cli import common as cli
+  from a3_jax.cli.train import job_from_flags
   with cli.user_errors("a3-dry-run"):
     if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {argv[1:]}")
+      raise UserError(f"unexpected arguments: {argv[1:]}")
     result = report(job_from_flags(), flags.FLAGS.compile)
     gib = 2.0 ** 30
     print(f"{result['preset']}: {result['params'] / 1e9:.2f}B params on {result['devices']} devices "
@@ -94,8 +95,8 @@ def main(argv):
 
 
 def entry():
-  import a3_jax.train  # noqa: F401  (defines the training flags the flag files use)
-  from a3_jax import cli
+  import a3_jax.cli.train  # noqa: F401  (defines the training flags the flag files use)
+  from a3_jax.cli import common as cli
   count = _device_count(sys.argv)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax

@@ -17,10 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from a3_jax.attention import visibility
-
-# Finite, as in the einsum path: a row with no visible key keeps exp(0) * 0 = 0.
-_MASKED = -1e30
+from a3_jax.attention.rule import MASKED, visibility
 
 
 def chunked_attention(q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_BxR,
@@ -76,11 +73,11 @@ def _tile_mask(rows, keys):
 
 
 def _scores(q_BxRxKxGxH, k_BxSxKxH, mask_BxRxS):
-  """Scaled fp32 scores [B, K, G, R, S] of one tile pair, masked entries at _MASKED."""
+  """Scaled fp32 scores [B, K, G, R, S] of one tile pair, masked entries at MASKED."""
   scale = q_BxRxKxGxH.shape[-1] ** -0.5
   s = jnp.einsum("BRKGH,BSKH->BKGRS", q_BxRxKxGxH, k_BxSxKxH,
                  preferred_element_type=jnp.float32) * scale
-  return jnp.where(mask_BxRxS[:, None, None], s, _MASKED)
+  return jnp.where(mask_BxRxS[:, None, None], s, MASKED)
 
 
 def _forward(q_t, k_t, v_t, rows, keys):
@@ -90,7 +87,7 @@ def _forward(q_t, k_t, v_t, rows, keys):
   def q_step(_, q_in):
     q_BxRxKxGxH, row = q_in
     b, r, kv, g, h = q_BxRxKxGxH.shape
-    init = (jnp.full((b, kv, g, r), _MASKED, jnp.float32),  # running max
+    init = (jnp.full((b, kv, g, r), MASKED, jnp.float32),  # running max
             jnp.zeros((b, kv, g, r), jnp.float32),  # running denominator
             jnp.zeros((b, kv, g, r, h), jnp.float32))  # running numerator
 

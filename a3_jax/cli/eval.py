@@ -18,8 +18,11 @@ import os
 
 from absl import flags
 
-from a3_jax import cli, evaluate
+from a3_jax import evaluate
+from a3_jax.convert.loader import load_model
+from a3_jax.cli import common as cli
 from a3_jax.data.sources import json_text
+from a3_jax.errors import UserError
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -56,11 +59,11 @@ flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answe
 def read_texts(path: str) -> list[str]:
   """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
   if not os.path.isfile(path):
-    raise ValueError(f"text file {path} does not exist")
+    raise UserError(f"text file {path} does not exist")
   with open(path, encoding="utf-8", newline="") as f:
     content = f.read()
   if not content.strip():
-    raise ValueError(f"text file {path} is empty")
+    raise UserError(f"text file {path} is empty")
   if not path.endswith(".jsonl"):
     return [content]
   return [json_text(line, f"text file {path}, line {n}")
@@ -71,7 +74,7 @@ def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list
   ids = [tokenizer.encode(t) for t in texts]
   for n, t in enumerate(ids):
     if len(t) < need:
-      raise ValueError(f"text file {path}: document {n} is {len(t)} token(s) long; this "
+      raise UserError(f"text file {path}: document {n} is {len(t)} token(s) long; this "
                        f"evaluation needs at least {need}")
   return ids
 
@@ -79,12 +82,12 @@ def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list
 def groupings(head: str) -> list[str]:
   if head == "mdm":
     if F["grouping"].present:
-      raise ValueError("--head=mdm scores the ELBO, which has no grouping: drop --grouping")
+      raise UserError("--head=mdm scores the ELBO, which has no grouping: drop --grouping")
     return []
   spec = F.grouping or DEFAULT_GROUPINGS[head]
   names = [g.strip() for g in spec.split(",") if g.strip()]
   if not names:
-    raise ValueError("--grouping names no grouping")
+    raise UserError("--grouping names no grouping")
   for name in names:  # fail on a typo before loading a model
     evaluate.check_grouping(name, head)
   return names
@@ -92,30 +95,16 @@ def groupings(head: str) -> list[str]:
 
 def _check_flags() -> None:
   if not F.checkpoint:
-    raise ValueError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
+    raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if bool(F.text_file) == bool(F.task):
-    raise ValueError("give exactly one of --text_file (likelihood) or --task (a task of the suite)")
+    raise UserError("give exactly one of --text_file (likelihood) or --task (a task of the suite)")
   if F.task and not F.task_data:
-    raise ValueError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
+    raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
-    raise ValueError("--curve compares A3 groupings: it needs --head=query")
+    raise UserError("--curve compares A3 groupings: it needs --head=query")
   for name in ("orders", "window", "batch_size", "elbo_samples", "group_size", "max_new_tokens"):
     if getattr(F, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(F, name)}")
-
-
-def load_model(spec: str, tokenizer_path: str | None):
-  """(params, config, tokenizer) of a checkpoint spec."""
-  from a3_jax.convert.loader import load_pretrained
-  from a3_jax.convert.tokenizer import load_tokenizer
-  params, config, tokenizer = load_pretrained(spec)
-  if tokenizer_path:
-    if not os.path.isfile(tokenizer_path):
-      raise ValueError(f"tokenizer file {tokenizer_path} does not exist")
-    tokenizer = load_tokenizer(tokenizer_path)
-  if tokenizer is None:
-    raise ValueError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
-  return params, config, tokenizer
+      raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
 
 
 def likelihood(params, config, tokenizer, texts: list[str], names: list[str]) -> dict:
@@ -169,7 +158,7 @@ def format_task(out: dict) -> str:
 def main(argv):
   with cli.user_errors("a3-eval"):
     if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {argv[1:]}")
+      raise UserError(f"unexpected arguments: {argv[1:]}")
     _check_flags()
     if F.text_file:
       names = groupings(F.head)
@@ -180,7 +169,7 @@ def main(argv):
     else:
       from a3_jax.tasks.run import TASKS, run_task
       if F.task not in TASKS:
-        raise ValueError(f"unknown task {F.task!r}; choose one of {TASKS}")
+        raise UserError(f"unknown task {F.task!r}; choose one of {TASKS}")
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       out = run_task(F.task, F.task_data, params, config, tokenizer, head=F.head,
                      method=F.fill_method, limit=F.limit, batch_size=F.batch_size,

@@ -17,18 +17,19 @@ import os
 import sys
 import tempfile
 
-from a3_jax.cli import user_errors
+from a3_jax.cli.common import user_errors
 from a3_jax.convert.loader import load_pretrained, parse_spec
-from a3_jax.convert.tokenizer import save_tokenizer
+from a3_jax.tokenizer import save_tokenizer
 from a3_jax.export import save_export
+from a3_jax.errors import UserError
 
 
 def convert(source: str, out_dir: str, dtype: str = "float32") -> str:
   """Converts 'hf:DIR' or 'gguf:FILE' into an export at out_dir; returns its path."""
   if parse_spec(source)[0] == "export":
-    raise ValueError(f"--from must be hf:DIR or gguf:FILE, got {source!r}")
+    raise UserError(f"--from must be hf:DIR or gguf:FILE, got {source!r}")
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ValueError(f"--out {out_dir} exists and is not empty")
+    raise UserError(f"--out {out_dir} exists and is not empty")
   params, config, tokenizer = load_pretrained(source, param_dtype=dtype)
   with tempfile.TemporaryDirectory() as tmp:
     return save_export(out_dir, params, config, save_tokenizer(tokenizer, tmp))
@@ -37,7 +38,7 @@ def convert(source: str, out_dir: str, dtype: str = "float32") -> str:
 class _Parser(argparse.ArgumentParser):
 
   def error(self, message):  # one line and exit 2, like every other user error
-    raise ValueError(message)
+    raise UserError(message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from a3_jax.errors import UserError
 
 # Independent random streams drawn from one position key.
 SAMPLE_STREAM = 0
@@ -29,11 +30,11 @@ class SamplerConfig:
 
   def __post_init__(self):
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+      raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
     if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+      raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+      raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
 
 
 def position_keys(seed, row_ids_B, step, pos_BxQ, stream: int):

@@ -6,8 +6,9 @@ import os
 
 from absl import flags
 
-from a3_jax import cli
+from a3_jax.cli import common as cli
 from a3_jax.metrics import read_metrics
+from a3_jax.errors import UserError
 
 flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)")
 
@@ -21,7 +22,7 @@ def plot_run(workdir: str, out: str | None = None) -> str:
   train = [r for r in records if r.get("split", "train") == "train"]
   valid = [r for r in records if r.get("split") == "validation"]
   if not train:
-    raise ValueError(f"{workdir} has no training metrics (metrics.jsonl missing or empty)")
+    raise UserError(f"{workdir} has no training metrics (metrics.jsonl missing or empty)")
   fig, ax = plt.subplots(figsize=(8, 4.5))
   ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7,
           label="train loss (current stage)")
@@ -47,7 +48,7 @@ def plot_run(workdir: str, out: str | None = None) -> str:
 def main(argv):
   with cli.user_errors("a3-plot"):
     if len(argv) != 2:
-      raise ValueError("usage: a3-plot WORKDIR [--out=PNG]")
+      raise UserError("usage: a3-plot WORKDIR [--out=PNG]")
     print(plot_run(argv[1], flags.FLAGS.out))
 
 

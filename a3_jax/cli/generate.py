@@ -19,14 +19,17 @@ in; --json prints one JSON object per sample instead.
 from __future__ import annotations
 
 import json
-import re
 
 import jax
 import numpy as np
 from absl import flags
 
-from a3_jax import cli, decode, decode_dynamic
-from a3_jax.sampling import SamplerConfig
+from a3_jax.cli import common as cli
+from a3_jax.decoding import dynamic as decode_dynamic, group as decode
+from a3_jax.convert.loader import load_model
+from a3_jax.decoding.prompt import format_sample, parse_prompt, render
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.errors import UserError
 
 F = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
@@ -54,66 +57,33 @@ flags.DEFINE_bool("json", False, "one JSON object per sample")
 flags.DEFINE_bool("show_order", False, "show the step each generated token was committed in")
 
 DECODERS = ("group", "dynamic")
-_BLANK = re.compile(r"<blank:([^>]*)>")
-
-
-def parse_prompt(prompt: str, tokenizer, max_new_tokens: int):
-  """(tokens [T], known [T]) of a prompt with <blank:N> markers and trailing blanks."""
-  tokens, known = [], []
-  pieces = _BLANK.split(prompt)  # text, N, text, N, ..., text
-  for i, piece in enumerate(pieces):
-    if i % 2:
-      if not piece.strip().isdigit() or int(piece) < 1:
-        raise ValueError(f"malformed blank <blank:{piece}>: write <blank:N> with N >= 1")
-      tokens += [0] * int(piece)
-      known += [False] * int(piece)
-    elif piece:
-      ids = tokenizer.encode(piece)
-      tokens += ids
-      known += [True] * len(ids)
-  tokens += [0] * max_new_tokens
-  known += [False] * max_new_tokens
-  if all(known):
-    raise ValueError("nothing to generate: put <blank:N> in --prompt or set --max_new_tokens")
-  return np.asarray(tokens, np.int32), np.asarray(known, bool)
 
 
 def _check_flags() -> None:
   if not F.checkpoint:
-    raise ValueError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
+    raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
-    raise ValueError("--prompt is required (use <blank:N> for N tokens to generate)")
+    raise UserError("--prompt is required (use <blank:N> for N tokens to generate)")
   if F.decoder not in DECODERS:
-    raise ValueError(f"unknown --decoder {F.decoder!r}; choose one of {DECODERS}")
+    raise UserError(f"unknown --decoder {F.decoder!r}; choose one of {DECODERS}")
   if F.form not in ("cached", "recompute"):
-    raise ValueError(f"unknown --form {F.form!r}; choose cached or recompute")
+    raise UserError(f"unknown --form {F.form!r}; choose cached or recompute")
   if F.group_size < 1:
-    raise ValueError(f"--group_size must be >= 1, got {F.group_size}")
+    raise UserError(f"--group_size must be >= 1, got {F.group_size}")
   if F.order not in decode.ORDERS:
-    raise ValueError(f"unknown --order {F.order!r}; choose one of {decode.ORDERS}")
+    raise UserError(f"unknown --order {F.order!r}; choose one of {decode.ORDERS}")
   if F.criterion not in decode_dynamic.CRITERIA:
-    raise ValueError(f"unknown --criterion {F.criterion!r}; choose one of "
+    raise UserError(f"unknown --criterion {F.criterion!r}; choose one of "
                      f"{decode_dynamic.CRITERIA}")
   for name in ("commit_per_step", "num_samples"):
     if getattr(F, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(F, name)}")
+      raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
   for name in ("max_new_tokens", "block_size"):
     if getattr(F, name) < 0:
-      raise ValueError(f"--{name} must be >= 0, got {getattr(F, name)}")
+      raise UserError(f"--{name} must be >= 0, got {getattr(F, name)}")
   if not 0.0 <= F.threshold <= 1.0:
-    raise ValueError(f"--threshold must be in [0, 1], got {F.threshold}")
+    raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
-
-
-def _load(spec: str, tokenizer_path: str | None):
-  from a3_jax.convert.loader import load_pretrained
-  from a3_jax.convert.tokenizer import load_tokenizer
-  tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
-  params, config, own = load_pretrained(spec)
-  tokenizer = tokenizer or own
-  if tokenizer is None:
-    raise ValueError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
-  return params, config, tokenizer
 
 
 def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
@@ -131,40 +101,15 @@ def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
       threshold=F.threshold, block_size=F.block_size, **common)
 
 
-def render(tokenizer, tokens_T, groups_T, length: int, logprob: float) -> dict:
-  """One sample: its text (up to EOS), log-prob, and the commit order of its tokens."""
-  keep = np.flatnonzero(groups_T[:length] >= 0)
-  generated = keep[groups_T[keep] > 0]
-  steps = {}
-  for i in generated:
-    steps.setdefault(int(groups_T[i]), []).append(
-        {"position": int(i), "token": int(tokens_T[i]), "text": tokenizer.decode([tokens_T[i]])})
-  return {"text": tokenizer.decode(tokens_T[keep]), "logprob": float(logprob),
-          "generated_tokens": int(len(generated)), "tokens": tokens_T[keep].tolist(),
-          "groups": groups_T[keep].tolist(),
-          "steps": [{"step": s, "committed": steps[s]} for s in sorted(steps)]}
-
-
-def format_sample(index: int, sample: dict, show_order: bool) -> str:
-  lines = [f"--- sample {index} ---", sample["text"],
-           f"log p = {sample['logprob']:.4f} ({sample['generated_tokens']} generated tokens, "
-           f"{len(sample['steps'])} steps)"]
-  if show_order:
-    for step in sample["steps"]:
-      lines.append(f"step {step['step']:>3}: " + "  ".join(
-          f"{c['position']}:{c['text']!r}" for c in step["committed"]))
-  return "\n".join(lines)
-
-
 def main(argv):
   with cli.user_errors("a3-generate"):
     if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {argv[1:]}")
+      raise UserError(f"unexpected arguments: {argv[1:]}")
     _check_flags()
-    params, config, tokenizer = _load(F.checkpoint, F.tokenizer)
+    params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
     tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
     if len(tokens_T) > config.max_seq_len:
-      raise ValueError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
+      raise UserError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
                        f"model's maximum of {config.max_seq_len}")
     # Only a plain continuation stops at EOS: an EOS in an infilled blank would
     # cut off the known text after it.

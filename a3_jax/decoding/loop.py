@@ -35,10 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a3_jax import kv_cache, sampling
+from a3_jax.decoding import cache as kv_cache, sampling
 from a3_jax.config import ModelConfig
 from a3_jax.loss import token_logprobs
-from a3_jax.model import A3LM, KVCache, Rows
+from a3_jax.decoding.cache import KVCache
+from a3_jax.model import A3LM, Rows
+from a3_jax.errors import UserError
 
 FORMS = ("cached", "uncached", "recompute")
 
@@ -82,33 +84,33 @@ class _State(NamedTuple):
 
 def check_form(form: str) -> None:
   if form not in FORMS:
-    raise ValueError(f"unknown decoding form {form!r}; choose one of {FORMS}")
+    raise UserError(f"unknown decoding form {form!r}; choose one of {FORMS}")
 
 
 def check_tokens(config: ModelConfig, tokens: np.ndarray, known: np.ndarray,
                  row_ids) -> np.ndarray:
   """Validates [B, T] tokens (known positions in the vocabulary); returns row ids [B]."""
   if tokens.ndim != 2 or tokens.shape[1] < 1:
-    raise ValueError(f"tokens must be a [batch, length] array, got shape {tokens.shape}")
+    raise UserError(f"tokens must be a [batch, length] array, got shape {tokens.shape}")
   if not np.issubdtype(tokens.dtype, np.integer):
-    raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+    raise UserError(f"tokens must be integers, got dtype {tokens.dtype}")
   if tokens.shape[1] > config.max_seq_len:
-    raise ValueError(f"sequence of {tokens.shape[1]} positions is longer than the model's "
+    raise UserError(f"sequence of {tokens.shape[1]} positions is longer than the model's "
                      f"maximum of {config.max_seq_len}")
   bad = known & ((tokens < 0) | (tokens >= config.vocab_size))
   if bad.any():
-    raise ValueError(f"known token {int(tokens[bad][0])} is outside the vocabulary "
+    raise UserError(f"known token {int(tokens[bad][0])} is outside the vocabulary "
                      f"[0, {config.vocab_size})")
   rows = np.arange(tokens.shape[0]) if row_ids is None else np.asarray(row_ids)
   if rows.shape != (tokens.shape[0],) or not np.issubdtype(rows.dtype, np.integer):
-    raise ValueError(f"row_ids must be {tokens.shape[0]} integers, got {rows!r}")
+    raise UserError(f"row_ids must be {tokens.shape[0]} integers, got {rows!r}")
   return rows.astype(np.int32)
 
 
 def check_special_ids(config: ModelConfig, eos_id: int | None, pad_id: int) -> None:
   for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
     if value is not None and not 0 <= value < config.vocab_size:
-      raise ValueError(f"{name} {value} is outside the vocabulary [0, {config.vocab_size})")
+      raise UserError(f"{name} {value} is outside the vocabulary [0, {config.vocab_size})")
 
 
 def prefill_size(known: np.ndarray) -> int:

@@ -10,9 +10,11 @@ import dataclasses
 
 from absl import flags
 
-from a3_jax import cli, distributed
+from a3_jax import distributed
+from a3_jax.cli import common as cli
 from a3_jax.train_step import TrainConfig
 from a3_jax.trainer import Job, run
+from a3_jax.errors import UserError
 
 _D = Job()
 _T = _D.train
@@ -56,7 +58,7 @@ def job_from_flags() -> Job:
   for item in F.model:
     name, sep, value = item.partition("=")
     if not sep:
-      raise ValueError(f"--model={item!r}: expected NAME=VALUE")
+      raise UserError(f"--model={item!r}: expected NAME=VALUE")
     overrides.append((name.strip(), value.strip()))
   train = TrainConfig(lr=F.lr, warmup_steps=F.warmup_steps, total_steps=max(F.steps, 1),
                       schedule=F.schedule, weight_decay=F.weight_decay, clip_norm=F.clip_norm,
@@ -70,7 +72,7 @@ def main(argv):
   with cli.user_errors("a3-train"):
     distributed.initialize_from_flags()
     if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {argv[1:]}")
+      raise UserError(f"unexpected arguments: {argv[1:]}")
     run(job_from_flags())
 
 

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
-from a3_jax import decode_loop, sampling
+from a3_jax.decoding import loop as decode_loop, sampling
 from a3_jax.config import ModelConfig
-from a3_jax.decode_loop import DecodeResult, sequence_logprob  # noqa: F401 (re-export)
-from a3_jax.sampling import SamplerConfig
+from a3_jax.decoding.loop import DecodeResult, sequence_logprob  # noqa: F401 (re-export)
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.errors import UserError
 
 ORDERS = ("l2r", "random")
 
@@ -35,9 +36,9 @@ def schedule(known_BxT, *, order: str = "l2r", group_size: int = 1, valid_BxT=No
   into groups of group_size. Known positions get 0, invalid ones -1.
   """
   if order not in ORDERS:
-    raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
+    raise UserError(f"unknown order {order!r}; choose one of {ORDERS}")
   if group_size < 1:
-    raise ValueError(f"group size must be >= 1, got {group_size}")
+    raise UserError(f"group size must be >= 1, got {group_size}")
   known = np.asarray(known_BxT, bool)
   valid = np.ones_like(known) if valid_BxT is None else np.asarray(valid_BxT, bool)
   rows = np.arange(known.shape[0]) if row_ids is None else np.asarray(row_ids)
@@ -78,14 +79,14 @@ def decode_groups(params, config: ModelConfig, tokens_BxT, groups_BxT, *,
   groups = np.asarray(groups_BxT)
   tokens = np.asarray(tokens_BxT)
   if groups.shape != tokens.shape or not np.issubdtype(groups.dtype, np.integer):
-    raise ValueError(f"group ids must be integers shaped like the tokens {tokens.shape}, "
+    raise UserError(f"group ids must be integers shaped like the tokens {tokens.shape}, "
                      f"got {groups.dtype} {groups.shape}")
   rows = decode_loop.check_tokens(config, tokens, groups == 0, row_ids)
   decode_loop.check_special_ids(config, eos_id, pad_id)
   group_size = largest_group(groups)
   if max_group_size is not None:
     if not group_size <= max_group_size <= tokens.shape[1]:
-      raise ValueError(f"max_group_size {max_group_size} must lie between the largest "
+      raise UserError(f"max_group_size {max_group_size} must lie between the largest "
                        f"group ({group_size} positions) and the length ({tokens.shape[1]})")
     group_size = max_group_size
   return _decode_groups(meta.unbox(params), jnp.asarray(tokens_BxT, jnp.int32),

@@ -9,10 +9,11 @@ import os
 
 from absl import flags
 
-from a3_jax import cli
+from a3_jax.cli import common as cli
 from a3_jax.checkpoint import restore_params
 from a3_jax.config import ModelConfig
 from a3_jax.export import save_export, tokenizer_file
+from a3_jax.errors import UserError
 
 F = flags.FLAGS
 flags.DEFINE_string("workdir", None, "training run directory (holds checkpoints/)")
@@ -27,7 +28,7 @@ flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
 def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
                step: int | None = None) -> str:
   if not os.path.isdir(workdir):
-    raise ValueError(f"--workdir {workdir} does not exist")
+    raise UserError(f"--workdir {workdir} does not exist")
   params, meta, step = restore_params(workdir, step)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)
@@ -40,9 +41,9 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
 def main(argv):
   with cli.user_errors("a3-export"):
     if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {argv[1:]}")
+      raise UserError(f"unexpected arguments: {argv[1:]}")
     if not F.workdir or not F.out:
-      raise ValueError("--workdir and --out are required")
+      raise UserError("--workdir and --out are required")
     path = export_run(F.workdir, F.out, F.dtype, F.format, F.step)
     print(f"exported {F.workdir} to {path}")
 

@@ -1,4 +1,4 @@
-"""Tokenizers that come with pretrained checkpoints.
+"""Tokenizers: the embedded Shakespeare model, sentencepiece `.model` files, HF `tokenizer.json`.
 
 Every tokenizer in a3_jax offers the same small interface:
   encode(text) -> list[int]   no BOS/EOS added
@@ -6,12 +6,13 @@ Every tokenizer in a3_jax offers the same small interface:
   bos_id, eos_id, pad_id      int; -1 when the tokenizer has none (sentencepiece's convention)
   vocab_size                  int (may be smaller than the model's embedding table)
 
-`a3_jax.data.tokenizer.Tokenizer` (sentencepiece) is the reference implementation;
-`JsonTokenizer` below is the same interface over a `tokenizers` tokenizer.json.
+`Tokenizer` (sentencepiece) is the reference implementation; `JsonTokenizer` is
+the same interface over a `tokenizers` tokenizer.json. The embedded model
+(data/assets/shakespeare.model, built by scripts/train_tokenizer.py) is a
+lossless unigram model with ids pad=0, unk=1, bos=2, eos=3.
 
-A sentencepiece `tokenizer.model` is self-contained. A `tokenizer.json` (the
-`tokenizers` library's format, used by LLaMA 3 and SmolLM2) does not say which
-tokens are BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
+A `tokenizer.json` (used by LLaMA 3 and SmolLM2) does not say which tokens are
+BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
 `tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`), which
 `JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads.
 """
@@ -20,11 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from typing import Any, Mapping
 
+import sentencepiece as spm
 import tokenizers
 from etils import epath
 
+from a3_jax.data.corpus import asset_path
+from a3_jax.errors import UserError
+
+EMBEDDED = "embedded"
 SIDECAR = "tokenizer_config.json"
 _ROLES = ("bos", "eos", "pad")
 
@@ -59,7 +66,7 @@ class JsonTokenizer:
     try:
       tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # the library raises a bare Exception on bad JSON
-      raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from None
+      raise UserError(f"{path} is not a valid tokenizer.json: {e}") from None
     ids = dict(fallback_ids or {})
     sidecar = os.path.join(os.path.dirname(path), SIDECAR)
     if os.path.isfile(sidecar):
@@ -105,18 +112,55 @@ def save_tokenizer(tokenizer, directory: str) -> str:
   return target
 
 
+
+class Tokenizer:
+  """A sentencepiece model: text <-> token ids.
+
+  `eos_id` ends every document. Packed rows pad with token 0 whatever
+  `pad_id` is (-1 for a model without one): segment id 0 marks padding.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._sp = spm.SentencePieceProcessor(model_file=path)
+    self.vocab_size: int = self._sp.get_piece_size()
+    self.pad_id: int = self._sp.pad_id()
+    self.bos_id: int = self._sp.bos_id()
+    self.eos_id: int = self._sp.eos_id()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of token ids [n] (a list or an integer array)."""
+    return self._sp.decode([int(i) for i in ids])
+
+  def __repr__(self) -> str:
+    return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
 def _first_id(value) -> int | None:
   if isinstance(value, list):
     return value[0] if value else None
   return value
 
 
-def load_tokenizer(path: str, fallback_ids: Mapping[str, int | None] | None = None):
-  """The tokenizer in a `tokenizer.json` or sentencepiece `.model` file."""
-  if path.endswith(".json"):
-    return JsonTokenizer.from_file(path, fallback_ids)
-  from a3_jax.data.tokenizer import load_tokenizer as load_sentencepiece  # the data layer's
-  return load_sentencepiece(path)
+def load_tokenizer(spec: str | None = None,
+                   fallback_ids: Mapping[str, int | None] | None = None):
+  """The tokenizer named by `spec`: None or "embedded" (the shipped model), a
+  sentencepiece `.model` path, or a HF `tokenizer.json` path (`fallback_ids`
+  fills special roles its sidecar does not name)."""
+  if spec in (None, EMBEDDED):
+    return Tokenizer(str(asset_path("shakespeare.model")))
+  if spec.endswith(".json"):
+    return JsonTokenizer.from_file(spec, fallback_ids)
+  if not os.path.isfile(spec):
+    raise UserError(f"tokenizer {spec!r}: no such sentencepiece .model file "
+                    f"(use {EMBEDDED!r} for the embedded Shakespeare tokenizer)")
+  try:
+    return Tokenizer(spec)
+  except RuntimeError as e:  # sentencepiece's "could not parse ModelProto".
+    raise UserError(f"tokenizer {spec!r}: not a sentencepiece model ({e})") from None
 
 
 def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
@@ -129,5 +173,5 @@ def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
     if os.path.isfile(path):
       fallback = {role: _first_id(hf_config.get(f"{role}_token_id")) for role in _ROLES}
       return load_tokenizer(path, fallback)
-  raise ValueError(f"no tokenizer.model or tokenizer.json in {directory}: "
+  raise UserError(f"no tokenizer.model or tokenizer.json in {directory}: "
                    "the tokenizer must come with the checkpoint")

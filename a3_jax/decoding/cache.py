@@ -9,10 +9,24 @@ already applied to K.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from a3_jax.config import ModelConfig
-from a3_jax.model import KVCache
+
+
+class KVCache(NamedTuple):
+  """Committed content keys/values, RoPE already applied, in commit order.
+
+  k, v: [L, B, C, K, H]; group, seg: [B, C] (seg 0 = empty slot, never visible).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  group: jax.Array
+  seg: jax.Array
 
 
 def empty(config: ModelConfig, batch: int, slots: int) -> KVCache:

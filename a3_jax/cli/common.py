@@ -1,4 +1,4 @@
-"""Shared command-line behaviour: one clear line and exit code 2 for user errors."""
+"""Shared command-line behaviour: a `UserError` is one clear line and exit code 2."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 
 from absl import app, flags, logging
 
+from a3_jax.errors import UserError
+
 
 def _fail(program: str, message: str):
   print(f"{program}: error: {message}", file=sys.stderr)
@@ -16,10 +18,11 @@ def _fail(program: str, message: str):
 
 @contextlib.contextmanager
 def user_errors(program: str):
-  """Turns ValueError / missing files into one line on stderr and exit code 2."""
+  """Turns a UserError into one line on stderr and exit code 2; other errors are bugs
+  and keep their traceback."""
   try:
     yield
-  except (ValueError, FileNotFoundError) as e:
+  except UserError as e:
     _fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
