@@ -46,7 +46,8 @@ def _logprobs(params, tokens_BxT, groups_BxT, seg_BxT, pos_BxT, *, config, head)
   model = A3LM(config)
   content, query = stream_rows(groups_BxT, seg_BxT, pos_BxT)
   if head == "query":
-    _, g, _ = model.apply(params, tokens_BxT, content, query, method=A3LM.forward)
+    _, g, _ = model.apply(params, tokens_BxT, content, query, method=A3LM.forward,
+                          content_out=False)
     return token_logprobs(model.apply(params, g, method=A3LM.logits), tokens_BxT)
   h, _, _ = model.apply(params, tokens_BxT, content, None, method=A3LM.forward)
   lp_BxT1 = token_logprobs(model.apply(params, h[:, :-1], method=A3LM.logits), tokens_BxT[:, 1:])

@@ -44,14 +44,24 @@ class Rows(NamedTuple):
 
 
 class DecoderLayer(nn.Module):
-  """Standard LLaMA block applied to both streams: x += attn(norm1 x); x += mlp(norm2 x)."""
+  """Standard LLaMA block applied to both streams: x += attn(norm1 x); x += mlp(norm2 x).
+
+  query_only: the block's content rows feed nothing after it (the last layer of a
+  pass whose content output is unused): it still makes their keys/values, but
+  attends, projects and runs the MLP for the query rows alone, and returns only those.
+  """
 
   config: ModelConfig
+  query_only: bool = False
 
   @nn.compact
-  def __call__(self, x_BxRxD, cache_kv, content: Rows, rows: Rows, cache_group, cache_seg):
+  def __call__(self, x_BxRxD, cache_kv, content: Rows, rows: Rows, cache_group, cache_seg,
+               cache_write=None):
     """x: both streams stacked on the row axis, content rows [:T] then query rows;
-    rows: their stacked metadata; content: that of the T content rows (= the new keys)."""
+    rows: their stacked metadata; content: that of the T content rows (= the new keys).
+    cache_write: None (attend over cache ++ new keys), or a function (k, v) -> the
+    cache's (keys, values) [B, C, K, H] with the new ones written in place, whose
+    cache_group/cache_seg already describe them."""
     cfg = self.config
     t = content.pos.shape[1]
     attn_norm, mlp_norm = RMSNorm(cfg, name="attn_norm"), RMSNorm(cfg, name="mlp_norm")
@@ -62,6 +72,9 @@ class DecoderLayer(nn.Module):
     # Keys and values come from the content rows only; queries from both streams.
     k_BxTxKxH, v_BxTxKxH = proj.key_value(xn_BxRxD[:, :t])
     k_BxTxKxH = apply_rope(k_BxTxKxH, content.pos, inv_freq)
+    if self.query_only:  # from here on only the query rows [t:] are carried
+      x_BxRxD, xn_BxRxD = x_BxRxD[:, t:], xn_BxRxD[:, t:]
+      rows = Rows(*(a[:, t:] for a in rows))
     q_BxRxNxH = apply_rope(proj.query(xn_BxRxD), rows.pos, inv_freq)
     q_BxRxNxH = nn.with_logical_constraint(q_BxRxNxH, _ACT_HEADS)
 
@@ -69,7 +82,10 @@ class DecoderLayer(nn.Module):
     # whose key group is their own group = their content limit.
     keys, values = k_BxTxKxH, v_BxTxKxH
     key_group, key_seg = content.limit, content.seg
-    if cache_kv is not None:
+    if cache_write is not None:  # the new keys live in the cache: attend over it alone
+      keys, values = cache_write(k_BxTxKxH, v_BxTxKxH)
+      key_group, key_seg = cache_group, cache_seg
+    elif cache_kv is not None:
       keys = jnp.concatenate([cache_kv[0].astype(keys.dtype), keys], axis=1)
       values = jnp.concatenate([cache_kv[1].astype(values.dtype), values], axis=1)
       key_group = jnp.concatenate([cache_group, key_group], axis=1)
@@ -78,7 +94,7 @@ class DecoderLayer(nn.Module):
     out_BxRxNxH = attention.attend(
         cfg.attention, q_BxRxNxH, keys, values, rows.limit, rows.seg, key_group, key_seg,
         chunk=cfg.attention_chunk, group_size=cfg.attention_group_size,
-        teacher_forced=cache_kv is None)
+        teacher_forced=cache_kv is None and cache_write is None and not self.query_only)
     x_BxRxD = x_BxRxD + nn.with_logical_constraint(proj.out(out_BxRxNxH), _ACT)
     x_BxRxD = x_BxRxD + mlp(mlp_norm(x_BxRxD))
     x_BxRxD = nn.with_logical_constraint(x_BxRxD, _ACT)
@@ -123,11 +139,20 @@ class A3LM(nn.Module):
     self.final_norm = RMSNorm(cfg, name="final_norm")
 
   def forward(self, tokens_BxT, content: Rows, query: Rows | None = None,
-              cache: "KVCache | None" = None):  # a3_jax.decoding.cache.KVCache
+              cache: "KVCache | None" = None, *, content_out: bool = True,
+              cache_slots=None):
     """Runs content rows (with tokens) and query rows through every layer.
 
-    Returns (content hidden [B,T,D], query hidden [B,Q,D] or None, new K/V
-    (k, v) each [L,B,T,K,H]); hidden states are final-normed.
+    Returns (content hidden [B,T,D] or None, query hidden [B,Q,D] or None, new K/V
+    (k, v) each [L,B,T,K,H]); hidden states are final-normed. content_out=False
+    (with query rows) skips the last layer's work for content rows, which then
+    feed nothing, and returns None for the content hidden state.
+
+    cache_slots [B, T] (with a cache): the cache slot of each content row (>= C:
+    not written). The new keys/values are then written into the cache in place,
+    every layer attends over the cache alone, and the third output is the updated
+    cache's (k, v) [L,B,C,K,H] (its group/seg: the content rows' limit/seg at
+    those slots, for the caller to record).
     """
     cfg = self.config
     h = jnp.take(self.embed, tokens_BxT, axis=0).astype(cfg.compute_dtype)
@@ -141,11 +166,50 @@ class A3LM(nn.Module):
     cache_kv = None if cache is None else (cache.k, cache.v)
     cache_group = None if cache is None else cache.group
     cache_seg = None if cache is None else cache.seg
-    x, kv = self.layers(x, cache_kv, content, rows, cache_group, cache_seg)
+    skip_content = query is not None and not content_out
+    if cache_slots is not None:
+      cache_group, cache_seg = _write_rows(cache_slots, (cache_group, content.limit),
+                                           (cache_seg, content.seg))
+    args = (content, rows, cache_group, cache_seg)
+    if self.is_initializing() or (cfg.scan_layers and cache_slots is None):
+      x, kv = self.layers(x, cache_kv, *args)
+      if skip_content:
+        x = x[:, tokens_BxT.shape[1]:]
+    else:
+      x, kv = self._unrolled_layers(x, cache_kv, args, skip_content, cache_slots)
     x = self.final_norm(x)
     t = tokens_BxT.shape[1]
+    if skip_content:
+      return None, x, kv
     h, g = x[:, :t], (x[:, t:] if query is not None else None)
     return h, g, kv
+
+  def _unrolled_layers(self, x_BxRxD, cache_kv, args, skip_content: bool, cache_slots=None):
+    """The layer stack as a Python loop over slices of the stacked [L] params (same
+    parameters as the scan); the last layer may run for the query rows alone. With
+    cache_slots, each layer's new K/V are written into the [L] cache in place."""
+    cfg = self.config
+    stacked = self.layers.variables["params"]
+    ks, vs = [], []
+    cache = list(cache_kv) if cache_slots is not None else None
+    for i in range(cfg.num_layers):
+      last = skip_content and i == cfg.num_layers - 1
+      layer = _remat(DecoderLayer, cfg.remat)(cfg, query_only=last, parent=None)
+      params_i = jax.tree.map(lambda a: a[i], stacked)
+      kv_i = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
+      write = None
+      if cache is not None:
+        def write(k, v, i=i):
+          cache[0], cache[1] = _write_rows(cache_slots, (cache[0], k), (cache[1], v), layer=i)
+          return cache[0][i], cache[1][i]
+        kv_i = None
+      x_BxRxD, (k, v) = layer.apply({"params": params_i}, x_BxRxD, kv_i, *args, write)
+      ks.append(k)
+      vs.append(v)
+    if cache is not None:
+      return x_BxRxD, tuple(cache)
+    return x_BxRxD, (jnp.stack(ks), jnp.stack(vs))
+
 
   def logits(self, hidden_BxTxD):
     """LM head: [B,T,D] -> fp32 [B,T,V]."""
@@ -173,6 +237,15 @@ class A3LM(nn.Module):
     if g is not None:
       out["query"] = self.logits(g)
     return out
+
+
+def _write_rows(slots_BxT, *pairs, layer=None):
+  """For each (buffer, new): buffer[(layer,) b, slots[b, t]] = new[b, t]; slots past the
+  buffer's end are dropped. Buffers [B, C, ...] (or [L, B, C, ...] with layer)."""
+  b = slots_BxT.shape[0]
+  row_BxT = jnp.broadcast_to(jnp.arange(b)[:, None], slots_BxT.shape)
+  index = (row_BxT, slots_BxT) if layer is None else (layer, row_BxT, slots_BxT)
+  return tuple(buf.at[index].set(new.astype(buf.dtype), mode="drop") for buf, new in pairs)
 
 
 def validate_inputs(config: ModelConfig, tokens_BxT, groups_BxT, segment_ids_BxT=None,

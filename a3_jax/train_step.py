@@ -143,7 +143,7 @@ def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None
     weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
     return grouped_nll(logits, tokens[:, 1:], weights, tc.z_loss)
   content, query = stream_rows(groups_BxT, seg, pos)
-  _, g, _ = model.apply(params, tokens, content, query, method=A3LM.forward)
+  _, g, _ = model.apply(params, tokens, content, query, method=A3LM.forward, content_out=False)
   logits = model.apply(params, g, method=A3LM.logits)
   weights = loss_weights(groups_BxT, seg, tc.count_first_group)
   return grouped_nll(logits, tokens, weights, tc.z_loss)
