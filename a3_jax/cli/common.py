@@ -8,6 +8,7 @@ import sys
 
 from absl import app, flags, logging
 
+from a3_jax import cpu_tuning
 from a3_jax.errors import UserError
 
 
@@ -38,5 +39,7 @@ def _parse_flags(argv):
 
 
 def run_app(main):
-  """absl's app.run, with malformed flags reported like any other user error."""
+  """absl's app.run, with malformed flags reported like any other user error, and the
+  CPU backend's XLA flags set before JAX starts."""
+  cpu_tuning.apply()
   app.run(main, flags_parser=_parse_flags)
