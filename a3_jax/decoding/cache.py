@@ -37,20 +37,34 @@ def empty(config: ModelConfig, batch: int, slots: int) -> KVCache:
                  jnp.zeros((batch, slots), jnp.int32))
 
 
+def slots(cache: KVCache, fill_B, ok_BxR):
+  """Where rows with ok=True go: slots [fill, fill + count) of each row, in row order;
+  ok=False rows get slot C (dropped by every write). Returns (slot [B, R], new fill [B])."""
+  rank_BxR = jnp.cumsum(ok_BxR, axis=1, dtype=jnp.int32) - 1
+  slot_BxR = jnp.where(ok_BxR, fill_B[:, None] + rank_BxR, cache.group.shape[1])
+  return slot_BxR, fill_B + jnp.sum(ok_BxR, axis=1, dtype=jnp.int32)
+
+
+def mark(cache: KVCache, slot_BxR, group):
+  """(group, seg) of the cache with `slot` marked as used slots of group id `group`
+  (scalar or [B])."""
+  row_BxR = jnp.broadcast_to(jnp.arange(slot_BxR.shape[0])[:, None], slot_BxR.shape)
+  group_BxR = jnp.broadcast_to(jnp.asarray(group, jnp.int32).reshape(-1, 1), slot_BxR.shape)
+  return (cache.group.at[row_BxR, slot_BxR].set(group_BxR, mode="drop"),
+          cache.seg.at[row_BxR, slot_BxR].set(1, mode="drop"))
+
+
 def append(cache: KVCache, fill_B, k_LxBxRxKxH, v_LxBxRxKxH, ok_BxR, group):
   """Writes the rows with ok=True at slots [fill, fill + count) of each row.
 
   Rows keep their order; rows with ok=False are dropped. `group` (scalar or [B])
   is the group id the new slots get. Returns (cache, new fill [B]).
+  (A decoding step writes in place instead: `slots`, A3LM.forward(cache_slots=), `mark`.)
   """
-  b, slots = cache.group.shape
-  rank_BxR = jnp.cumsum(ok_BxR, axis=1, dtype=jnp.int32) - 1
-  slot_BxR = jnp.where(ok_BxR, fill_B[:, None] + rank_BxR, slots)  # slots: dropped
-  row_BxR = jnp.broadcast_to(jnp.arange(b)[:, None], slot_BxR.shape)
-  group_BxR = jnp.broadcast_to(jnp.asarray(group, jnp.int32).reshape(-1, 1), slot_BxR.shape)
+  slot_BxR, fill = slots(cache, fill_B, ok_BxR)
+  row_BxR = jnp.broadcast_to(jnp.arange(slot_BxR.shape[0])[:, None], slot_BxR.shape)
   new = KVCache(
-      k=cache.k.at[:, row_BxR, slot_BxR].set(k_LxBxRxKxH.astype(cache.k.dtype), mode="drop"),
-      v=cache.v.at[:, row_BxR, slot_BxR].set(v_LxBxRxKxH.astype(cache.v.dtype), mode="drop"),
-      group=cache.group.at[row_BxR, slot_BxR].set(group_BxR, mode="drop"),
-      seg=cache.seg.at[row_BxR, slot_BxR].set(1, mode="drop"))
-  return new, fill_B + jnp.sum(ok_BxR, axis=1, dtype=jnp.int32)
+      cache.k.at[:, row_BxR, slot_BxR].set(k_LxBxRxKxH.astype(cache.k.dtype), mode="drop"),
+      cache.v.at[:, row_BxR, slot_BxR].set(v_LxBxRxKxH.astype(cache.v.dtype), mode="drop"),
+      *mark(cache, slot_BxR, group))
+  return new, fill

@@ -115,7 +115,7 @@ def _decode_dynamic(params, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B, t
     rank_BxT = jnp.cumsum(blank_BxT, axis=1, dtype=jnp.int32) - 1
     block_BxT = jnp.where(blank_BxT, rank_BxT // block_size, int_max)
 
-  def candidates(groups, done_B):
+  def candidates(groups, done_B, num_query=num_query):
     remaining = blank_BxT & (groups < 0) & ~done_B[:, None]
     if block_size:
       current_B = jnp.min(jnp.where(remaining, block_BxT, int_max), axis=1)
@@ -134,6 +134,11 @@ def _decode_dynamic(params, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B, t
     _, slot_BxR = jax.lax.top_k(score_BxQ, num_commit)
     return slot_BxR, jnp.take_along_axis(ok_BxQ, slot_BxR, axis=1)
 
-  policy = decode_loop.Policy(num_query, num_commit, num_known, candidates, choose)
+  # Candidate buffers shrink by powers of two as blanks run out (not with blocks, which
+  # are small already, nor with a threshold, which may commit every candidate).
+  buckets = () if block_size or by_threshold else tuple(
+      1 << e for e in range((num_query - 1).bit_length() - 1, -1, -1)
+      if 1 << e >= max(num_commit, 8))
+  policy = decode_loop.Policy(num_query, num_commit, num_known, candidates, choose, buckets)
   return decode_loop.run(params, config, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B,
                          policy, sampler, eos_id, pad_id, form=form)

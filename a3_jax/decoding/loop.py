@@ -60,6 +60,11 @@ class Policy(NamedTuple):
 
   candidates(groups_BxT, done_B) -> (idx_BxQ positions, ok_BxQ)
   choose(logp_BxQxV, idx_BxQ, ok_BxQ, step) -> (slot_BxR indices into Q, take_BxR)
+
+  query_buckets: smaller candidate buffers (descending, each >= R) for a policy whose
+  candidates are the first Q uncommitted valid positions of a row: once every row
+  has at most q of them left, the loop goes on with Q = q, so late steps query fewer
+  rows. Such a policy's candidates then take a `num_query=q` keyword.
   """
 
   num_query: int
@@ -67,6 +72,7 @@ class Policy(NamedTuple):
   num_known: int
   candidates: Callable
   choose: Callable
+  query_buckets: tuple[int, ...] = ()
 
 
 class _State(NamedTuple):
@@ -152,8 +158,9 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
   pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   known_BxT = known_BxT & valid_BxT
 
-  def forward(tokens, content, query, cache):
-    _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward)
+  def forward(tokens, content, query, cache, cache_slots=None):
+    _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward,
+                          content_out=False, cache_slots=cache_slots)
     return model.apply(params, g, method=A3LM.logits), kv
 
   def prefill(state, idx_BxQ, ok_BxQ):
@@ -173,8 +180,10 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
     content = Rows(jnp.full((b, r), prev), state.pend_ok.astype(jnp.int32), state.pend_idx)
     query = Rows(jnp.full(idx_BxQ.shape, prev), ok_BxQ.astype(jnp.int32), idx_BxQ)
     tokens_BxR = jnp.take_along_axis(state.tokens, state.pend_idx, axis=1)
-    logits, (k, v) = forward(tokens_BxR, content, query, state.cache)
-    cache, fill = kv_cache.append(state.cache, state.fill, k, v, state.pend_ok, prev)
+    # The commits' keys/values go straight into the cache, in every layer.
+    slot_BxR, fill = kv_cache.slots(state.cache, state.fill, state.pend_ok)
+    logits, (k, v) = forward(tokens_BxR, content, query, state.cache, slot_BxR)
+    cache = kv_cache.KVCache(k, v, *kv_cache.mark(state.cache, slot_BxR, prev))
     return logits, state._replace(cache=cache, fill=fill)
 
   def full_step(state, idx_BxQ, ok_BxQ):
@@ -187,9 +196,9 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
     logits, _ = forward(state.tokens, content, query, None)
     return logits, state
 
-  def step(state, logits_fn):
+  def step(state, logits_fn, candidates=policy.candidates):
     t_now = state.step
-    idx_BxQ, ok_BxQ = policy.candidates(state.groups, state.done)
+    idx_BxQ, ok_BxQ = candidates(state.groups, state.done)
     ok_BxQ = ok_BxQ & ~state.done[:, None]
     logits_BxQxV, state = logits_fn(state, idx_BxQ, ok_BxQ)
     logp_BxQxV = jax.nn.log_softmax(logits_BxQxV, axis=-1)
@@ -235,9 +244,20 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
       pend_idx=jnp.zeros((b, r), jnp.int32),
       pend_ok=jnp.zeros((b, r), bool))
   state = step(state, prefill if cached else full_step)
-  state = jax.lax.while_loop(
-      lambda s: ~jnp.all(s.done) & (s.step <= t),
-      lambda s: step(s, cached_step if cached else full_step), state)
+  # One while_loop per candidate buffer size; a loop hands over to the next (smaller)
+  # buffer once no row has more uncommitted positions than that buffer holds.
+  sizes = (policy.num_query,) + tuple(q for q in policy.query_buckets if q < policy.num_query)
+  for i, q in enumerate(sizes):
+    candidates = (policy.candidates if i == 0 else
+                  lambda g, d, q=q: policy.candidates(g, d, num_query=q))
+    smaller = sizes[i + 1] if i + 1 < len(sizes) else -1
+
+    def more(s, smaller=smaller):
+      left_B = jnp.sum(valid_BxT & (s.groups < 0), axis=1) * ~s.done
+      return ~jnp.all(s.done) & (s.step <= t) & (jnp.max(left_B) > smaller)
+
+    state = jax.lax.while_loop(
+        more, lambda s, c=candidates: step(s, cached_step if cached else full_step, c), state)
   logprob = state.logprob
   if form == "recompute":
     logprob = sequence_logprob(params, config, state.tokens, state.groups)
