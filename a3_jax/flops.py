@@ -15,6 +15,8 @@ Peaks are dense bf16 per device, from the vendors' data sheets.
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 from a3_jax.config import ModelConfig
@@ -78,3 +80,19 @@ def mfu_report(config: ModelConfig, seq_len: int, tokens_per_s: float,
   if peak:
     out["mfu"] = per_device / peak
   return out
+
+
+# Model FLOP/s a CPU core sustains on this workload (fp32 XLA, d_model ~256):
+# ~45 GFLOP/s a core measured on a 2-core machine (benchmarks/step_ratio.py).
+CPU_FLOPS_PER_CORE = 45e9
+
+
+def expected_seconds(config: ModelConfig, seq_len: int, tokens: float,
+                     strategy: Strategy | None, objective: str = "a3") -> float | None:
+  """A rough run time for `tokens` trained tokens: 40 % of the known peak of the
+  devices, or CPU_FLOPS_PER_CORE on CPU; None for an accelerator of unknown peak."""
+  flops = flops_per_token(config, seq_len, strategy, objective) * tokens
+  if jax.default_backend() == "cpu":
+    return flops / (CPU_FLOPS_PER_CORE * (os.cpu_count() or 1))
+  peak = device_peak_flops()
+  return flops / (0.4 * peak * jax.device_count()) if peak else None

@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Mapping
 
+import numpy as np
 import sentencepiece as spm
 import tokenizers
 from etils import epath
@@ -175,3 +176,24 @@ def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
       return load_tokenizer(path, fallback)
   raise UserError(f"no tokenizer.model or tokenizer.json in {directory}: "
                    "the tokenizer must come with the checkpoint")
+
+
+def token_char_lengths(tokenizer, size: int) -> np.ndarray:
+  """Characters each id [size] spells, so that NLL per token becomes NLL per character.
+
+  A sentencepiece byte piece counts one character for a UTF-8 lead or single byte and
+  none for a continuation byte; special and out-of-vocabulary ids count none.
+  """
+  lengths = np.zeros((size,), np.int64)
+  sp = getattr(tokenizer, "_sp", None)
+  for i in range(min(size, tokenizer.vocab_size)):
+    if sp is not None:
+      if sp.is_control(i) or sp.is_unknown(i):
+        continue
+      if sp.is_byte(i):
+        lengths[i] = int(int(sp.id_to_piece(i)[3:5], 16) & 0xC0 != 0x80)
+        continue
+      lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " "))
+    else:
+      lengths[i] = len(tokenizer.decode([i]).replace("\ufffd", ""))
+  return lengths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 
@@ -19,11 +20,11 @@ from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset
 from a3_jax.convert.loader import load_pretrained, read_config
-from a3_jax.tokenizer import save_tokenizer
+from a3_jax.tokenizer import save_tokenizer, token_char_lengths
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
 from a3_jax.tokenizer import load_tokenizer
 from a3_jax.export import tokenizer_file
-from a3_jax.flops import mfu_report
+from a3_jax.flops import expected_seconds, mfu_report
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.metrics import MetricsWriter
 from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_train_step,
@@ -31,6 +32,7 @@ from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_tra
 from a3_jax.errors import UserError
 
 EVAL_GROUPINGS = ("ar", "perm:4")
+FLAGS_FILE = "flags.json"  # the run's Job, as a3-eval and a3-export read it back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +41,10 @@ class Job:
 
   workdir: str = "runs/default"
   preset: str = "small"
-  steps: int = 400
+  steps: int = 600
   batch_size: int = 8
-  seq_len: int = 128
-  curriculum: str = "ar:80,block:2:60,block:4:60,perm:4:200"
+  seq_len: int = 256
+  curriculum: str = "ar:150,block:4:110,mix:ar=0.5,perm:4=0.5:340"
   data: str = "shakespeare"
   eval_data: str | None = None
   data_dir: str | None = None
@@ -55,7 +57,7 @@ class Job:
   max_to_keep: int = 3
   init_from: str | None = None
   model_overrides: tuple[tuple[str, str], ...] = ()
-  train: TrainConfig = TrainConfig(lr=1e-3, warmup_steps=30)  # the short CPU default
+  train: TrainConfig = TrainConfig(lr=2e-3, warmup_steps=50)  # the 10-minute CPU default
   worker_count: int = 0
 
 
@@ -107,6 +109,8 @@ def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
   """The preset with the tokenizer's vocabulary and any --model overrides."""
   fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
   overrides = {"vocab_size": vocab_size}
+  if jax.default_backend() == "cpu":  # XLA CPU runs unrolled layers faster than a scan
+    overrides["scan_layers"] = False
   for name, text in job.model_overrides:
     if name not in fields or name == "rope_scaling":
       raise UserError(f"unknown model override {name!r}; settable: "
@@ -216,6 +220,7 @@ def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
   run_dir = epath.Path(job.workdir)
   run_dir.mkdir(parents=True, exist_ok=True)
   (run_dir / "config.json").write_text(model_config.to_json())
+  (run_dir / FLAGS_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=2) + "\n")
   save_tokenizer(tokenizer, job.workdir)
 
 
@@ -225,14 +230,20 @@ def _meta(job: Job, model_config: ModelConfig) -> dict:
           "seed": job.seed, "objective": job.train.objective}
 
 
-def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3") -> dict:
+def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
+             char_lengths=None) -> dict:
   """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry
-  (objective 'mdm': its NELBO per token, as nll_mdm).
+  (objective 'mdm': its NELBO per token, as nll_mdm), and per character
+  (`nll_ar_per_char`, ...) where `char_lengths` [V] (tokenizer.token_char_lengths)
+  is given: the same summed NLL over the characters the scored tokens spell.
 
   Groups are drawn for the global batch, so the result does not depend on the
   number of processes.
   """
   out = {}
+  chars = None
+  if char_lengths is not None:  # every non-padding token is scored (count_first_group)
+    chars = sum(int(char_lengths[b["tokens"]][b["segment_ids"] != 0].sum()) for b in batches)
   for name in ("mdm",) if objective == "mdm" else EVAL_GROUPINGS:
     strategy = parse_strategy("ar" if name == "mdm" else name)  # mdm ignores the groups
     draw = jax.jit(functools.partial(sample_groups, strategy),
@@ -245,6 +256,8 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3") 
       nll += float(stats["nll"])
       count += float(stats["count"])
     out[f"nll_{name.replace(':', '')}"] = nll / max(count, 1.0)
+    if chars:
+      out[f"nll_{name.replace(':', '')}_per_char"] = nll / chars
   out["eval_tokens"] = count
   return out
 
@@ -258,6 +271,9 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
   writer = MetricsWriter(job.workdir, resume_step)
   preemption = _Preemption()
   start = int(state.step)
+  char_lengths = (token_char_lengths(tokenizer, model_config.vocab_size)
+                  if tc.objective == "a3" and tc.count_first_group else None)
+  _banner(job, tc, curriculum, model_config, state, start)
   last_eval: dict = {}
   tick = started = time.perf_counter()
   try:
@@ -275,14 +291,18 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
       tick = now
       writer.write(record)
       if (step + 1) % 10 == 0 or step == start:
+        eta = (now - started) / (step + 1 - start) * (job.steps - step - 1)
         print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
-              f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}", flush=True)
+              f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f} "
+              f"elapsed {_clock(now - started)} ETA {_clock(eta)}", flush=True)
       done = step + 1 == job.steps
       if (step + 1) % job.eval_every == 0 or done:
-        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh, tc.objective)
+        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh, tc.objective,
+                             char_lengths)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         print(f"step {step + 1} validation " + " ".join(
-            f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)
+            f"{k} {v:.4f}" + ("/char" if k.endswith("_per_char") else "/token")
+            for k, v in last_eval.items() if k.startswith("nll")), flush=True)
         tick = time.perf_counter()
       preempted = preemption.reached(step + 1)
       if (step + 1) % job.save_every == 0 or done or preempted:
@@ -295,4 +315,31 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
     manager.close()
     writer.close()
     preemption.restore()
+  if jax.process_index() == 0:
+    out = job.workdir.rstrip("/").split("/")[-1] or "run"
+    print(f"done in {_clock(time.perf_counter() - started)}. Results: {job.workdir}/metrics.jsonl "
+          f"(curves: a3-plot {job.workdir}); flags: {job.workdir}/{FLAGS_FILE}\n"
+          f"export: a3-export --workdir={job.workdir} --out=exports/{out}\n"
+          f"then:   a3-generate --checkpoint=exports/{out} --prompt=\"ROMEO.\" "
+          f"--max_new_tokens=64", flush=True)
   return last_eval
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _banner(job: Job, tc, curriculum, model_config: ModelConfig, state, start: int) -> None:
+  """The run's first line: preset, size, workdir, and a rough expected duration."""
+  if jax.process_index():
+    return
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  tokens = (job.steps - start) * job.batch_size * job.seq_len
+  seconds = expected_seconds(model_config, job.seq_len, tokens, curriculum.stages[-1][0],
+                             tc.objective)
+  duration = f"~{_clock(seconds)} expected" if seconds else "duration unknown"
+  print(f"a3-train: preset {job.init_from or job.preset}, {params / 1e6:.2f}M parameters, "
+        f"{job.steps - start} steps of {job.batch_size}x{job.seq_len} tokens ({tokens:,}) on "
+        f"{jax.device_count()} {jax.default_backend()} device(s), {duration}; "
+        f"workdir {job.workdir}", flush=True)

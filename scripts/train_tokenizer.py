@@ -2,7 +2,7 @@
 
     python scripts/train_tokenizer.py [--output a3_jax/data/assets/shakespeare.model]
 
-A unigram model with 8192 pieces and ids pad=0, unk=1, bos=2, eos=3. The
+A unigram model with 2048 pieces and ids pad=0, unk=1, bos=2, eos=3. The
 settings are lossless (decode(encode(text)) == text for any text): no
 normalisation, whitespace kept as is, '\\n' a piece of its own, and unseen
 characters spelled as UTF-8 bytes. Training is deterministic (one thread, the
@@ -17,7 +17,7 @@ import sentencepiece as spm
 
 from a3_jax.data.corpus import asset_path, load_works
 
-VOCAB_SIZE = 8192
+VOCAB_SIZE = 2048
 
 
 def train(vocab_size: int = VOCAB_SIZE) -> bytes:
