@@ -174,11 +174,13 @@ def check_grouping(name: str, head: str):
 
 def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], grouping: str,
                 *, head: str = "query", orders: int = 1, window: int | None = None,
-                context: int = 0, seed: int = 0, batch_size: int = 8) -> GroupingResult:
+                context: int = 0, seed: int = 0, batch_size: int = 8,
+                progress=None) -> GroupingResult:
   """Exact NLL of token-id texts under one grouping ('ar', 'block:k', 'perm:k').
 
   Windows default to the model's max_seq_len. Rows are padded to one shape
-  [batch_size, window] so every pass shares one compiled program.
+  [batch_size, window] so every pass shares one compiled program. `progress(done,
+  total)`, if given, is called about every 10 % of the windows.
   """
   if head not in HEADS:
     raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
@@ -201,6 +203,8 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
   logp = np.zeros((orders, len(texts)))
   tokens = 0
   batch = []
+  total = orders * sum(len(text_windows(len(t), window, context)) for t in texts)
+  done = [0, 0]  # windows scored, windows at the last progress report
 
   def flush():
     tok = np.zeros((batch_size, width), np.int32)
@@ -214,6 +218,10 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
     sums = np.where(scored, lp, 0.0).astype(np.float64).sum(axis=1)
     for r, (_, _, _, d, o) in enumerate(batch):
       logp[o, d] += sums[r]
+    done[0] += len(batch)
+    if progress is not None and (done[0] - done[1] >= total / 10 or done[0] == total):
+      progress(done[0], total)
+      done[1] = done[0]
     batch.clear()
 
   for row in _rows(texts, strategy, head, orders, window, context, seed):

@@ -12,6 +12,7 @@ Writes go to a sibling temporary directory that is renamed into place at the end
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from typing import Any
@@ -26,6 +27,16 @@ from a3_jax.errors import UserError
 
 MARKER = "EXPORT"
 TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
+RUN_FLAGS = "flags.json"  # the a3-train flags of the run an export came from
+
+
+def run_flags(path: str) -> dict:
+  """The training flags saved with a run directory or an export ({} where none)."""
+  candidate = os.path.join(path, RUN_FLAGS)
+  if not os.path.isfile(candidate):
+    return {}
+  with open(candidate) as f:
+    return json.load(f)
 
 
 @contextlib.contextmanager
@@ -64,8 +75,10 @@ def copy_tokenizer(tokenizer_path: str | None, directory: str) -> None:
 
 
 def save_export(out_dir: str, params: Any, config: ModelConfig,
-                tokenizer_path: str | None, dtype: str | None = None) -> str:
-  """Writes params (cast to `dtype` if given) + config + tokenizer to out_dir."""
+                tokenizer_path: str | None, dtype: str | None = None,
+                run_flags: dict | None = None) -> str:
+  """Writes params (cast to `dtype` if given) + config + tokenizer to out_dir, and the
+  training run's flags (RUN_FLAGS: seq_len, ...) where given."""
   params = meta.unbox(params)
   if dtype is not None:
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
@@ -76,6 +89,9 @@ def save_export(out_dir: str, params: Any, config: ModelConfig,
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
     copy_tokenizer(tokenizer_path, tmp)
+    if run_flags is not None:
+      with open(os.path.join(tmp, RUN_FLAGS), "w") as f:
+        json.dump(run_flags, f, indent=2)
     open(os.path.join(tmp, MARKER), "w").close()
   return os.path.abspath(out_dir)
 

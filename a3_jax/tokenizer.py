@@ -182,7 +182,8 @@ def token_char_lengths(tokenizer, size: int) -> np.ndarray:
   """Characters each id [size] spells, so that NLL per token becomes NLL per character.
 
   A sentencepiece byte piece counts one character for a UTF-8 lead or single byte and
-  none for a continuation byte; special and out-of-vocabulary ids count none.
+  none for a continuation byte; special and out-of-vocabulary ids count none. The
+  space sentencepiece prefixes to each encoded text counts too (+1 a document).
   """
   lengths = np.zeros((size,), np.int64)
   sp = getattr(tokenizer, "_sp", None)

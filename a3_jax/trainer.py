@@ -23,7 +23,7 @@ from a3_jax.convert.loader import load_pretrained, read_config
 from a3_jax.tokenizer import save_tokenizer, token_char_lengths
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
 from a3_jax.tokenizer import load_tokenizer
-from a3_jax.export import tokenizer_file
+from a3_jax.export import RUN_FLAGS, tokenizer_file
 from a3_jax.flops import expected_seconds, mfu_report
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.metrics import MetricsWriter
@@ -32,7 +32,7 @@ from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_tra
 from a3_jax.errors import UserError
 
 EVAL_GROUPINGS = ("ar", "perm:4")
-FLAGS_FILE = "flags.json"  # the run's Job, as a3-eval and a3-export read it back
+FLAGS_FILE = RUN_FLAGS  # the run's Job; a3-export copies it (a3-eval reads seq_len)
 
 
 @dataclasses.dataclass(frozen=True)

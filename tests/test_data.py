@@ -331,3 +331,13 @@ def test_worker_processes_give_the_same_stream(tokenizer):
   def first_batches(worker_count):
     return _take(_train("shakespeare", tokenizer, worker_count=worker_count), 4)
   _assert_same_batches(first_batches(0), first_batches(1))
+
+
+def test_token_char_lengths_spell_the_text(tokenizer):
+  from a3_jax.tokenizer import token_char_lengths
+  lengths = token_char_lengths(tokenizer, tokenizer.vocab_size + 3)
+  assert lengths[tokenizer.eos_id] == 0 and lengths[-3:].sum() == 0
+  # sentencepiece's dummy prefix adds one space to every encoded text.
+  for text in ("To be, or not to be", "  two  spaces\n\n\ttab, 12345, \u00e9t\u00e9, \u6f22\u5b57"):
+    ids = tokenizer.encode(text)
+    assert lengths[ids].sum() == len(text) + 1, text

@@ -203,6 +203,7 @@ def _write(tmp_path, name, text):
     ("grouping", "unknown grouping strategy 'spiral:2'"),
     ("task_fields", "missing field 'endings'"),
     ("no_checkpoint", "not an a3_jax export"),
+    ("corpus_split", "the embedded corpus has splits"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(export_dir, tmp_path, case, message):
   text = _write(tmp_path, "t.txt", "Fair is foul, and foul is fair.")
@@ -214,6 +215,7 @@ def test_cli_bad_input_exits_2_with_one_line(export_dir, tmp_path, case, message
       "task_fields": ["--task=hellaswag",
                       f"--task_data={os.path.join(FIXTURES, 'hellaswag_missing_endings.jsonl')}"],
       "no_checkpoint": [f"--text_file={text}"],
+      "corpus_split": ["--text_file=shakespeare:dev"],
   }[case]
   checkpoint = str(tmp_path) if case == "no_checkpoint" else export_dir
   proc = _eval(f"--checkpoint={checkpoint}", *args)

@@ -9,7 +9,7 @@ from flax.linen import meta
 from a3_jax.attention.einsum import einsum_attention
 from a3_jax.config import get_preset
 from a3_jax.loss import token_logprobs
-from a3_jax.model import A3LM, init_params
+from a3_jax.model import A3LM, init_params, stream_rows
 
 CFG = get_preset("tiny")
 T = 12
@@ -155,3 +155,18 @@ def test_bfloat16_activations_keep_fp32_params(model_and_params):
   assert out["query"].dtype == jnp.float32  # logits are upcast for the loss
   fresh = meta.unbox(init_params(cfg, jax.random.key(0)))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(fresh))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_skipping_the_last_layers_content_rows_keeps_the_query_stream(model_and_params,
+                                                                      scan_layers):
+  _, params = model_and_params
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(0, CFG.vocab_size, (2, T)).astype(np.int32)
+  content, query = stream_rows(_random_groups(rng).repeat(2, 0))
+  model = A3LM(CFG.replace(scan_layers=scan_layers))
+  h, g, _ = model.apply(params, tokens, content, query, method=A3LM.forward)
+  none, g_skip, _ = model.apply(params, tokens, content, query, method=A3LM.forward,
+                                content_out=False)
+  assert h is not None and none is None
+  np.testing.assert_allclose(g_skip, g, atol=1e-5)

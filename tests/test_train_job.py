@@ -73,6 +73,8 @@ def test_sigterm_saves_before_exit_and_export_loads(tmp_path):
   params, config, tokenizer = load_export(out_dir)
   assert config.param_dtype == "bfloat16" and tokenizer.endswith("tokenizer.model")
   assert str(params["params"]["embed"].dtype) == "bfloat16"
+  from a3_jax.export import run_flags
+  assert run_flags(str(workdir))["seq_len"] == run_flags(out_dir)["seq_len"] == 32
 
 
 def _tree_digest(path):

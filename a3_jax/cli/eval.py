@@ -1,5 +1,6 @@
 """`a3-eval`: exact likelihood of a text file, or one task of the paper's suite.
 
+  a3-eval --checkpoint=exports/default --text_file=shakespeare:validation
   a3-eval --checkpoint=exports/default --text_file=play.txt --grouping=ar,block:4,perm:4
   a3-eval --checkpoint=exports/default --text_file=play.txt --curve   # group sizes 1..16
   a3-eval --checkpoint=hf:/ckpt/SmolLM2 --text_file=play.txt --head=content
@@ -7,8 +8,11 @@
   a3-eval --checkpoint=exports/default --task=piqa --task_data=piqa/dev.jsonl --limit=500
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
-file is one document per line (its `text` field); any other file is one
-document. --json prints one JSON object as the last line.
+file is one document per line (its `text` field); `shakespeare:SPLIT` the embedded
+plays of a split (validation: Macbeth, The Tempest, Twelfth Night); any other file
+is one document. Windows default to the sequence length the export was trained on,
+each later one conditioning on the previous half. --json prints one JSON object as
+the last line.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from absl import flags
 from a3_jax import evaluate
 from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
+from a3_jax.data.corpus import SPLITS, load_works
 from a3_jax.data.sources import json_text
+from a3_jax.export import is_export, run_flags
 from a3_jax.errors import UserError
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
@@ -29,15 +35,18 @@ DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 F = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
 flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
-flags.DEFINE_string("text_file", None, "text to score: .txt (one document) or .jsonl ('text' per line)")
+flags.DEFINE_string("text_file", None, "text to score: .txt (one document), .jsonl ('text' per "
+                    "line) or shakespeare:train|validation (the embedded plays)")
 flags.DEFINE_string("grouping", None, "comma-separated groupings: ar, block:K, perm:K "
                     f"(default: {DEFAULT_GROUPINGS['query']}; ar for --head=content)")
 flags.DEFINE_enum("head", "query", ["query", "content", "mdm"],
                   "query: A3 exact likelihood; content: causal LM (ar grouping, shifted); "
                   "mdm: masked-diffusion ELBO (bidirectional content stream)")
 flags.DEFINE_integer("orders", 4, "random orders averaged for perm groupings")
-flags.DEFINE_integer("window", 1024, "tokens per pass (capped at the model's max_seq_len)")
-flags.DEFINE_integer("context", 0, "tokens of the previous window each later window conditions on")
+flags.DEFINE_integer("window", None, "tokens per pass (default: the export's training seq_len, "
+                     "else 1024; capped at the model's max_seq_len)")
+flags.DEFINE_integer("context", None, "tokens of the previous window each later window "
+                     "conditions on (default: half the window)")
 flags.DEFINE_integer("batch_size", 8, "rows per pass")
 flags.DEFINE_integer("seed", 0, "seed of the random orders / ELBO samples")
 flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO")
@@ -57,7 +66,13 @@ flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answe
 
 
 def read_texts(path: str) -> list[str]:
-  """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
+  """Documents of a text file: one per line of a .jsonl file (`text`), else the whole
+  file; `shakespeare:SPLIT` names the embedded plays of a split."""
+  if path.startswith("shakespeare:"):
+    split = path.partition(":")[2]
+    if split not in SPLITS:
+      raise UserError(f"--text_file={path}: the embedded corpus has splits {SPLITS}")
+    return [text for _, text in load_works(split)]
   if not os.path.isfile(path):
     raise UserError(f"text file {path} does not exist")
   with open(path, encoding="utf-8", newline="") as f:
@@ -103,23 +118,46 @@ def _check_flags() -> None:
   if F.curve and F.head != "query":
     raise UserError("--curve compares A3 groupings: it needs --head=query")
   for name in ("orders", "window", "batch_size", "elbo_samples", "group_size", "max_new_tokens"):
-    if getattr(F, name) < 1:
+    if getattr(F, name) is not None and getattr(F, name) < 1:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
+
+
+def window_and_context(checkpoint: str, config) -> tuple[int, int]:
+  """--window/--context, defaulting to the training seq_len saved with an export (1024
+  where none) and half the window; the window is capped at the model's max_seq_len."""
+  trained = run_flags(checkpoint).get("seq_len") if is_export(checkpoint) else None
+  window = min(F.window or trained or 1024, config.max_seq_len)
+  context = F.context if F.context is not None else window // 2
+  if context >= window:
+    raise UserError(f"--context={context} must be smaller than the window ({window})")
+  return window, context
+
+
+def _progress(done: int, total: int) -> None:
+  print(f"  {done}/{total} windows", flush=True)
 
 
 def likelihood(params, config, tokenizer, texts: list[str], names: list[str]) -> dict:
   ids = encode_texts(tokenizer, texts, F.text_file, 2 if F.head == "content" else 1)
-  common = dict(window=F.window, context=F.context, seed=F.seed)
+  window, context = window_and_context(F.checkpoint, config)
+  print(f"{len(ids)} document(s), {sum(map(len, ids)):,} tokens; window {window}, context "
+        f"{context}", flush=True)
+  common = dict(window=window, context=context, seed=F.seed)
   if F.head == "mdm":
     from a3_jax import mdm
     results = [mdm.nelbo_texts(params, config, ids, num_samples=F.elbo_samples,
                                mask_id=F.mask_id, **common)]
   else:
     results = [evaluate.score_texts(params, config, ids, g, head=F.head, orders=F.orders,
-                                    batch_size=F.batch_size, **common).to_dict()
+                                    batch_size=F.batch_size, progress=_progress,
+                                    **common).to_dict()
                for g in names]
+    chars = sum(len(t) for t in texts)
+    for r in results:  # every token of every text is scored (head=query)
+      if F.head == "query":
+        r["nll_per_char"] = r["nll_per_token"] * r["tokens"] / chars
   out = {"checkpoint": F.checkpoint, "text_file": F.text_file, "head": F.head,
-         "documents": len(ids), "results": results}
+         "documents": len(ids), "window": window, "context": context, "results": results}
   if F.curve:
     curve = evaluate.parallelism_curve(params, config, ids, orders=F.orders,
                                        batch_size=F.batch_size, **common)
@@ -139,11 +177,13 @@ def format_likelihood(out: dict) -> str:
                  f"(perplexity <= {r['perplexity_bound']:.2f}; {r['samples']} samples, "
                  f"{r['tokens']} tokens)")
     return "\n".join(lines)
-  lines.append(f"{'grouping':<10} {'nll/token':>10} {'perplexity':>11} {'tokens':>8} "
-               f"{'orders':>6} {'order std':>9}")
+  lines.append(f"{'grouping':<10} {'nll/token':>10} {'nll/char':>9} {'perplexity':>11} "
+               f"{'tokens':>8} {'orders':>6} {'order std':>9}")
   for r in out["results"]:
-    lines.append(f"{r['grouping']:<10} {r['nll_per_token']:>10.4f} {r['perplexity']:>11.2f} "
-                 f"{r['tokens']:>8} {r['orders']:>6} {r['order_std']:>9.4f}")
+    per_char = f"{r['nll_per_char']:>9.4f}" if "nll_per_char" in r else f"{'-':>9}"
+    lines.append(f"{r['grouping']:<10} {r['nll_per_token']:>10.4f} {per_char} "
+                 f"{r['perplexity']:>11.2f} {r['tokens']:>8} {r['orders']:>6} "
+                 f"{r['order_std']:>9.4f}")
   if "curve" in out:
     lines += ["", "parallelism-likelihood curve:", out["curve_table"], f"plot: {out['curve_png']}"]
   return "\n".join(lines)

@@ -12,7 +12,7 @@ from absl import flags
 from a3_jax.cli import common as cli
 from a3_jax.checkpoint import restore_params
 from a3_jax.config import ModelConfig
-from a3_jax.export import save_export, tokenizer_file
+from a3_jax.export import run_flags, save_export, tokenizer_file
 from a3_jax.errors import UserError
 
 F = flags.FLAGS
@@ -32,10 +32,11 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
   params, meta, step = restore_params(workdir, step)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)
+  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"]}
   if fmt == "hf":
     from a3_jax.convert.hf_export import export_hf
     return export_hf(out, params, config, tokenizer, dtype=dtype)
-  return save_export(out, params, config, tokenizer, dtype=dtype)
+  return save_export(out, params, config, tokenizer, dtype=dtype, run_flags=flags_of_run)
 
 
 def main(argv):

@@ -1,0 +1,19 @@
+"""CPU XLA flags: appended only for the CPU backend, never over a user's own setting."""
+
+from a3_jax import cpu_tuning
+
+
+def test_flags_are_appended_on_cpu_and_keep_the_users_flags():
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  added = cpu_tuning.apply(env)
+  assert added == cpu_tuning.CPU_XLA_FLAGS
+  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *added]
+  assert cpu_tuning.apply(env) == ()  # idempotent
+
+
+def test_a_users_own_value_wins_and_accelerators_are_left_alone():
+  name = cpu_tuning.CPU_XLA_FLAGS[0].split("=")[0]
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{name}=none"}
+  assert cpu_tuning.apply(env) == () and env["XLA_FLAGS"] == f"{name}=none"
+  env = {"JAX_PLATFORMS": "tpu,cpu"}
+  assert cpu_tuning.apply(env) == () and "XLA_FLAGS" not in env
