@@ -1,7 +1,7 @@
 """The A3 two-stream LLaMA decoder (Flax linen).
 
 Two streams run through the same standard pre-norm LLaMA blocks with shared
-weights (design.md §1):
+weights (docs/design.md §1):
   content stream h: token embeddings; row i sees keys with group <= group(i).
   query stream g:   one learned start vector; row i sees keys with group < group(i).
 Keys and values come from the content stream only; RoPE uses original positions.

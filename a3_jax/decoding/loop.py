@@ -9,7 +9,7 @@ blanks are filled or it holds EOS with every earlier position filled.
 The form says how logits are computed:
   cached     prefill of the known tokens, then one fused call per step: content
              rows of the previous step's commits + query rows of the candidates,
-             against a KV cache (design.md §3); 2k rows per step, not 2T.
+             against a KV cache (docs/design.md §3); 2k rows per step, not 2T.
   uncached   the whole content stream re-run every step, committed tokens grouped
              by commit step: the same function as `cached`, its reference.
   recompute  the authors' form: re-run every step with all committed tokens in
