@@ -1,5 +1,6 @@
 """The visibility rule and the agreement of every attention path with einsum."""
 
+import chex
 import flax.linen as nn
 from flax.linen import meta
 import jax
@@ -268,18 +269,32 @@ def test_kernel_rejects_groupings_that_are_not_block_aligned():
     two_stream_attention(q, k, v, group, seg, group_size=4, backend="xla")
 
 
-def test_model_kernel_path_falls_back_when_groups_are_not_blocks():
+def _poisoned(fn):
+  """fn with a NaN added to its output: whatever takes this path fails the comparison."""
+  return lambda *args, **kwargs: fn(*args, **kwargs) + jnp.nan
+
+
+def test_model_kernel_path_falls_back_when_groups_are_not_blocks(monkeypatch):
   """attention='kernel' inside the model: block-aligned rows use the kernel; a packed
   row whose documents do not split into whole groups takes the chunked path. Both
-  must equal einsum."""
+  must equal einsum, and the path not meant to run is poisoned with NaN, so each
+  case fails unless its own path produced the output."""
   cfg = get_preset("tiny")
-  params = meta.unbox(init_params(cfg, jax.random.key(0)))
+  params = meta.unbox(jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 32)).astype(np.int32)
   kernel_cfg = cfg.replace(attention="kernel", attention_group_size=4)
-  for doc_len in (16, 13):  # 16: whole groups of 4 in both documents; 13: not
+  for doc_len, path in ((16, "kernel"), (13, "chunked")):  # 16: whole groups of 4; 13: not
     seg = np.where(np.arange(32) < doc_len, 1, 2)[None].repeat(2, 0).astype(np.int32)
     pos = np.where(seg == 1, np.arange(32), np.arange(32) - doc_len).astype(np.int32)
     groups = np.asarray(sample_groups(parse_strategy("perm:4"), jax.random.key(1), seg, pos))
-    want = A3LM(cfg).apply(params, tokens, groups, seg, pos)["query"]
-    got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    want = jax.jit(lambda p: A3LM(cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+    with monkeypatch.context() as patch:
+      if path == "kernel":
+        patch.setattr(attention.chunked, "chunked_attention",
+                      _poisoned(attention.chunked.chunked_attention))
+      else:
+        patch.setattr(attention.kernel, "two_stream_attention",
+                      _poisoned(attention.kernel.two_stream_attention))
+      got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+    chex.assert_shape(got, want.shape)
+    chex.assert_trees_all_close(got, want, atol=1e-5)

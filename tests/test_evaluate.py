@@ -3,6 +3,7 @@
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -112,16 +113,33 @@ def test_text_windows_cover_every_token_once():
 
 
 def test_perm_orders_spread_and_mixture(params):
+  """Every summary of a perm grouping against the per-order log-likelihoods computed
+  here, one teacher-forced pass per (order, text) with the order's group ids."""
   tokens = [_text(16, seed=s) for s in range(3)]
-  result = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=4, batch_size=5)
+  orders = 4
+  result = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=orders, batch_size=5)
+  logp = np.zeros((orders, len(tokens)))  # [O, D]
+  for o in range(orders):
+    for d, ids in enumerate(tokens):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), o), d), 0)
+      groups = evaluate.window_groups(parse_strategy("perm:2"), key, 0, len(ids))
+      ones = np.ones((1, len(ids)), np.int32)
+      logits = _query_logits(params, ids[None], groups[None], ones, np.arange(len(ids))[None])
+      lp = np.asarray(jax.nn.log_softmax(logits[0].astype(np.float32), axis=-1))
+      logp[o, d] = lp[np.arange(len(ids)), ids].sum()
+  chex.assert_trees_all_close(result.logp_per_text, logp, rtol=1e-5, atol=1e-4)
+  nll_per_order = -logp.sum(axis=1) / 48  # [O], per token
+  mixture = -np.sum(np.logaddexp.reduce(logp, axis=0) - np.log(orders)) / 48
   d = result.to_dict()
-  assert d["orders"] == 4 and d["tokens"] == 48
-  assert d["order_std"] > 0
-  assert d["order_min"] <= d["nll_per_token"] <= d["order_max"]
-  assert d["mixture_nll_per_token"] <= d["nll_per_token"] + 1e-9
+  assert (d["orders"], d["tokens"]) == (orders, 48)
+  want = {"nll_per_token": nll_per_order.mean(), "order_std": nll_per_order.std(),
+          "order_min": nll_per_order.min(), "order_max": nll_per_order.max(),
+          "mixture_nll_per_token": mixture, "perplexity": np.exp(nll_per_order.mean())}
+  chex.assert_trees_all_close({k: d[k] for k in want}, want, rtol=1e-5)
+  assert len(set(np.round(nll_per_order, 4))) == orders  # the orders really differ
   # Batch size and padding never change the numbers.
-  again = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=4, batch_size=1)
-  np.testing.assert_allclose(again.logp_per_text, result.logp_per_text, rtol=1e-5)
+  again = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=orders, batch_size=1)
+  chex.assert_trees_all_close(again.logp_per_text, result.logp_per_text, rtol=1e-5)
 
 
 def test_curve_table_and_plot(params, tmp_path):
