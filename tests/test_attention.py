@@ -3,6 +3,9 @@
 import chex
 import flax.linen as nn
 from flax.linen import meta
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,16 +84,33 @@ def assert_same_path(fn, ref, q, k, v, seed=0):
 
 # --- the rule itself -------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", range(4))
-def test_visibility_matches_definition(seed):
-  rng = np.random.default_rng(seed)
-  b, r, s = 2, 9, 11
-  limit, rseg = rng.integers(-2, 5, (b, r)), rng.integers(0, 3, (b, r))
-  group, kseg = rng.integers(-2, 5, (b, s)), rng.integers(0, 3, (b, s))
-  got = np.asarray(attention.visibility(*map(jnp.asarray, (limit, rseg, group, kseg))))
+def _int_arrays(shape, low, high):
+  return hnp.arrays(np.int32, shape, elements=st.integers(low, high))
+
+
+_visibility = jax.jit(attention.visibility)
+
+
+@st.composite
+def _rule_inputs(draw):
+  """(row_limit, row_seg [B, R], key_group, key_seg [B, S]): small ids, with ties,
+  negative limits and padding (segment 0). Shapes come from a few (one compile each)."""
+  b, r, s = draw(st.sampled_from([(2, 9, 11), (1, 1, 5)]))
+  return (draw(_int_arrays((b, r), -2, 4)), draw(_int_arrays((b, r), 0, 2)),
+          draw(_int_arrays((b, s), -2, 4)), draw(_int_arrays((b, s), 0, 2)))
+
+
+@hypothesis.settings(max_examples=40)
+@hypothesis.given(_rule_inputs())
+def test_visibility_matches_definition(inputs):
+  limit, rseg, group, kseg = inputs
+  got = np.asarray(_visibility(*inputs))
+  chex.assert_shape(got, (*limit.shape, group.shape[1]))
+  chex.assert_type(got, bool)
+  b, r = limit.shape
   for i in range(b):
     for x in range(r):
-      for y in range(s):
+      for y in range(group.shape[1]):
         want = group[i, y] <= limit[i, x] and kseg[i, y] == rseg[i, x] and kseg[i, y] != 0
         assert got[i, x, y] == want, (i, x, y)
 
