@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,4 +242,9 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
   logprob = state.logprob
   if form == "recompute":
     logprob = sequence_logprob(params, config, state.tokens, state.groups)
-  return DecodeResult(state.tokens, state.groups, logprob, state.length)
+  result = DecodeResult(state.tokens, state.groups, logprob, state.length)
+  chex.assert_shape([result.tokens, result.groups], (b, t))
+  chex.assert_shape([result.logprob, result.length], (b,))
+  chex.assert_type([result.tokens, result.groups, result.logprob, result.length],
+                   [jnp.int32, jnp.int32, jnp.float32, jnp.int32])
+  return result
