@@ -77,9 +77,9 @@ def value_and_grads(fn, q, k, v, rng):
 def assert_same_path(fn, ref, q, k, v, seed=0):
   out, grads = value_and_grads(fn, q, k, v, np.random.default_rng(seed))
   out_ref, grads_ref = value_and_grads(ref, q, k, v, np.random.default_rng(seed))
-  np.testing.assert_allclose(out, out_ref, **TOL)
-  for name, g, g_ref in zip("qkv", grads, grads_ref):
-    np.testing.assert_allclose(g, g_ref, **TOL, err_msg=f"d/d{name}")
+  chex.assert_trees_all_close({"out": out, "d/dq": grads[0], "d/dk": grads[1], "d/dv": grads[2]},
+                              {"out": out_ref, "d/dq": grads_ref[0], "d/dk": grads_ref[1],
+                               "d/dv": grads_ref[2]}, **TOL)
 
 
 # --- the rule itself -------------------------------------------------------------
