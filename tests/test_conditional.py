@@ -163,3 +163,26 @@ def test_score_marked_equals_conditional(params):
     assert r["target_tokens"] == len(r["targets"]) and r["absent_tokens"] > 0
   assert {t["group"] for t in out[1]["targets"]} == {1, 2}
   assert "log p(A|B)" in marked.format_marked(out)
+
+
+# ---------------------------------------------------------------- a3-eval --conditional
+
+
+@pytest.mark.slow
+def test_cli_conditional(tmp_path):
+  import json
+  from cli_helpers import run_module, tiny_export
+  from a3_jax.convert.loader import load_model
+  export = tiny_export(tmp_path)
+  texts = ["{{When shall we}} [[three meet]] again", "[[When]] shall {{we three}} [[meet]]"]
+  proc = run_module("a3_jax.cli.eval", f"--checkpoint={export}", *(f"--conditional={t}"
+                                                                   for t in texts),
+                    "--target_grouping=perm:2", "--seed=4", "--json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+  p, cfg, tok = load_model(export)
+  expected = marked.score_marked(p, cfg, tok, texts, grouping="perm:2", seed=4)
+  assert [r["logp"] for r in out] == pytest.approx([r["logp"] for r in expected], abs=1e-5)
+  proc = run_module("a3_jax.cli.eval", f"--checkpoint={export}", "--conditional=no target")
+  assert proc.returncode == 2 and "has no [[target]] span" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1

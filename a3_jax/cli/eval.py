@@ -5,10 +5,12 @@
   a3-eval --checkpoint=hf:/ckpt/SmolLM2 --text_file=play.txt --head=content
   a3-eval --checkpoint=exports/mdm --text_file=play.txt --head=mdm --elbo_samples=32
   a3-eval --checkpoint=exports/default --task=piqa --task_data=piqa/dev.jsonl --limit=500
+  a3-eval --checkpoint=exports/default --conditional="{{Fair is}} [[foul]], and foul is fair"
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
 file is one document per line (its `text` field); any other file is one
-document. --json prints one JSON object as the last line.
+document. --conditional (repeatable): log p(x_A | x_B) of a marked text,
+[[target]] and {{condition}} spans, the rest absent (a3_jax/marked.py). --json prints one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ flags.DEFINE_string("fill_method", None, "generation tasks: a3 | a3-dynamic | ar
                     "(default: from --head)")
 flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call")
 flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer")
+flags.DEFINE_multi_string("conditional", None, "a marked text: log p([[target]] | "
+                          "{{condition}}), unmarked text absent; repeat for a batch")
+flags.DEFINE_string("target_grouping", "ar", "--conditional: the target's groups: ar | one | "
+                    "spans | block:K | perm:K")
+flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
+                  "--conditional: unmarked text is absent or part of the condition")
 
 
 def read_texts(path: str) -> list[str]:
@@ -96,8 +104,11 @@ def groupings(head: str) -> list[str]:
 def _check_flags() -> None:
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
-  if bool(F.text_file) == bool(F.task):
-    raise UserError("give exactly one of --text_file (likelihood) or --task (a task of the suite)")
+  if sum(map(bool, (F.text_file, F.task, F.conditional))) != 1:
+    raise UserError("give exactly one of --text_file (likelihood), --task (a task of the "
+                    "suite) or --conditional (a marked text)")
+  if F.conditional and F.head != "query":
+    raise UserError("--conditional scores with the A3 query stream: it needs --head=query")
   if F.task and not F.task_data:
     raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
@@ -166,6 +177,16 @@ def main(argv):
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       out = likelihood(params, config, tokenizer, texts, names)
       text = format_likelihood(out)
+    elif F.conditional:
+      from a3_jax import conditional, marked
+      conditional.target_groups(1, F.target_grouping, span_ids=[0])  # typos fail first
+      for t in F.conditional:
+        marked.segments(t, F.unmarked)
+      params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
+      out = {"checkpoint": F.checkpoint, "results": marked.score_marked(
+          params, config, tokenizer, F.conditional, grouping=F.target_grouping,
+          unmarked=F.unmarked, seed=F.seed, batch_size=F.batch_size)}
+      text = marked.format_marked(out["results"])
     else:
       from a3_jax.tasks.run import TASKS, run_task
       if F.task not in TASKS:
