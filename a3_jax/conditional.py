@@ -98,7 +98,7 @@ def _target_scores(params, tokens_BxT, groups_BxT, seg_BxT, pos_BxT, idx_BxQ, ok
           jnp.argmax(logits_BxQxV, axis=-1) == target_BxQ)
 
 
-def _width(n: int, cap: int) -> int:
+def padded_width(n: int, cap: int) -> int:
   """A padded width: the next power of two >= n (at least 8), capped at cap (>= n)."""
   return min(max(8, 1 << max(n - 1, 0).bit_length()), max(cap, n))
 
@@ -149,8 +149,8 @@ def conditional_logprobs(params, config: ModelConfig, tokens: Sequence[Sequence[
   token_logp = []
   for s in range(0, len(items), batch_size):
     chunk = items[s:s + batch_size]
-    width = _width(max(len(t) for t, _, _ in chunk), config.max_seq_len)
-    num_q = _width(max(int(np.sum(g >= 1)) for _, g, _ in chunk), width)
+    width = padded_width(max(len(t) for t, _, _ in chunk), config.max_seq_len)
+    num_q = padded_width(max(int(np.sum(g >= 1)) for _, g, _ in chunk), width)
     tok, grp, seg, pos = (np.zeros((batch_size, width), np.int32) for _ in range(4))
     idx = np.zeros((batch_size, num_q), np.int32)
     ok = np.zeros((batch_size, num_q), bool)

@@ -1,0 +1,122 @@
+"""The lm-evaluation-harness model, offline: `a3-lm-eval` runs two local tasks (a PIQA
+multiple choice and a perplexity task, tests/fixtures/lm_eval/) against a tiny export,
+once per module; its numbers equal a3-eval's on the same items. Skips without lm-eval."""
+
+import glob
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                reason="lm-eval is not installed (pip install -e '.[lm-eval]')")
+
+from a3_jax import evaluate  # noqa: E402
+from a3_jax.convert.loader import load_model  # noqa: E402
+from a3_jax.tasks import multiple_choice, run, scoring  # noqa: E402
+from cli_helpers import tiny_export  # noqa: E402
+
+HERE = os.path.dirname(__file__)
+TASKS_DIR = os.path.join(HERE, "fixtures", "lm_eval")
+PIQA = os.path.join(HERE, "fixtures", "tasks", "piqa.jsonl")
+WINDOW, CONTEXT = 32, 8
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+  """(export, results JSON, samples per task) of one `a3-lm-eval` run, in process."""
+  tmp = tmp_path_factory.mktemp("lm_eval")
+  export = tiny_export(tmp)
+  saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+  os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+  saved_argv = sys.argv
+  sys.argv = ["a3-lm-eval", "--model", "a3_jax", "--model_args",
+              f"checkpoint={export},window={WINDOW},context={CONTEXT}", "--batch_size", "4",
+              "--tasks", "a3_piqa_local,a3_rolling_local", "--include_path", TASKS_DIR,
+              "--output_path", str(tmp / "results"), "--log_samples"]
+  try:
+    from a3_jax.cli.lm_eval_harness import entry
+    entry()
+  finally:
+    sys.argv = saved_argv
+    for k, v in saved_env.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  [results_file] = glob.glob(str(tmp / "results" / "**" / "results_*.json"), recursive=True)
+  with open(results_file) as f:
+    results = json.load(f)
+  samples = {}
+  for task in ("a3_piqa_local", "a3_rolling_local"):
+    [path] = glob.glob(str(tmp / "results" / "**" / f"samples_{task}_*.jsonl"), recursive=True)
+    with open(path) as f:
+      samples[task] = sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
+  return export, results, samples
+
+
+def test_multiple_choice_equals_a3_eval_task(harness):
+  export, results, samples = harness
+  params, config, tokenizer = load_model(export)
+  examples = multiple_choice.load_examples("piqa", PIQA)
+  pairs = [scoring.encode_pair(tokenizer, c, x) for ex in examples for c, x in ex.choices]
+  expected, _ = scoring.loglikelihoods(params, config, pairs)
+  got = [float(resp[0][0]) for s in samples["a3_piqa_local"] for resp in s["resps"]]  # logged as text
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+  a3_eval = run.run_task("piqa", PIQA, params, config, tokenizer)
+  assert results["results"]["a3_piqa_local"]["acc,none"] == pytest.approx(a3_eval["accuracy"])
+  assert [int(s["target"]) for s in samples["a3_piqa_local"]] == [ex.label for ex in examples]
+
+
+def test_rolling_equals_a3_eval_exact_nll(harness):
+  export, results, samples = harness
+  params, config, tokenizer = load_model(export)
+  docs = samples["a3_rolling_local"]
+  ids = [tokenizer.encode(s["doc"]["text"]) for s in docs]
+  assert max(len(t) for t in ids) > WINDOW  # the windows with context are exercised
+  expected = evaluate.score_texts(params, config, ids, "ar", window=WINDOW, context=CONTEXT)
+  got = np.asarray([float(s["resps"][0][0]) for s in docs])
+  per_token = np.abs(got - expected.logp_per_text[0]) / np.asarray([len(t) for t in ids])
+  assert per_token.max() < 1e-4
+  words = sum(len(s["doc"]["text"].split()) for s in docs)
+  word_ppl = results["results"]["a3_rolling_local"]["word_perplexity,none"]
+  assert word_ppl == pytest.approx(np.exp(expected.nll_per_order[0] / words), rel=1e-4)
+
+
+class _Request:
+  def __init__(self, *args):
+    self.args = args
+
+
+def test_generate_until_is_the_group_decoder(harness):
+  """Greedy generation equals tasks.fill's A3 group decoding of the same prompts, cut
+  at the stop string; loglikelihood under other groupings differs from 'ar'."""
+  from a3_jax.lm_eval_model import A3JaxLM
+  from a3_jax.tasks import fill
+  export = harness[0]
+  lm = A3JaxLM(checkpoint=export, batch_size=2, max_gen_toks=6)
+  prompts = ["When shall we three", "Fair is foul", "If music be the food of love"]
+  kwargs = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
+  texts = lm.generate_until([_Request(p, kwargs) for p in prompts])
+  ids = [lm.tokenizer.encode(p) for p in prompts]
+  width = max(len(t) for t in ids) + 6
+  tokens = np.zeros((len(ids), width), np.int32)
+  known, valid = np.zeros((2, len(ids), width), bool)
+  for r, t in enumerate(ids):
+    tokens[r, :len(t)], known[r, :len(t)], valid[r, :len(t) + 6] = t, True, True
+  out, _ = fill.fill(lm.params, lm.config, tokens, known, valid, method="a3",
+                     eos_id=lm.tokenizer.eos_id)
+  for r, (t, text) in enumerate(zip(ids, texts)):
+    new = [int(x) for x in out[r, len(t):len(t) + 6]]
+    if lm.tokenizer.eos_id in new:
+      new = new[:new.index(lm.tokenizer.eos_id)]
+    expected = lm.tokenizer.decode(t + new)[len(lm.tokenizer.decode(t)):]
+    assert text == expected.split("\n\n")[0]
+  assert any(texts)
+  pair = [_Request("Question: To make a hard boiled egg,\nAnswer:", " place the egg in water")]
+  ar = lm.loglikelihood(pair)[0][0]
+  lm.grouping = "one"
+  assert lm.loglikelihood(pair)[0][0] != pytest.approx(ar, abs=1e-3)
