@@ -5,7 +5,7 @@ a3_jax imports this module. lm-eval finds models only in its own registry (it
 reads no entry points), so importing this module registers `a3_jax`, and
 `a3-lm-eval` is lm-eval's own command line with it registered:
 
-  a3-lm-eval --model a3_jax --model_args checkpoint=exports/default --batch_size 16 \\
+  a3-lm-eval --model a3_jax --model_args pretrained=exports/default --batch_size 16 \\
     --tasks piqa,hellaswag --output_path results/
   # in Python: import a3_jax.lm_eval_model; lm_eval.simple_evaluate(model="a3_jax", ...)
 
@@ -33,9 +33,10 @@ Requests, all exact and batched (`batch_size` rows per pass):
                          pick the sampler (greedy unless do_sample). The decoder
                          always runs max_gen_toks positions unless EOS ends a row.
 
-Model args: checkpoint (EXPORT_DIR | hf:DIR | gguf:FILE), tokenizer, batch_size,
+Model args: pretrained (or checkpoint): EXPORT_DIR | hf:DIR | gguf:FILE (with
+`pretrained`, lm-eval names the results directory after it); tokenizer,
 grouping, rolling_grouping, window, context, decoder, group_size, order,
-criterion, block_size, max_gen_toks, seed.
+criterion, block_size, max_gen_toks, seed. Rows per pass: lm-eval's --batch_size.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def _positive(name: str, value) -> int:
 class A3JaxLM(LM):
   """lm-eval's LM over an a3_jax checkpoint; see the module docstring."""
 
-  def __init__(self, checkpoint: str | None = None, tokenizer: str | None = None,
+  def __init__(self, pretrained: str | None = None, checkpoint: str | None = None,
+               tokenizer: str | None = None,
                batch_size: int | str = 8, grouping: str = "ar", rolling_grouping: str = "ar",
                window: int | None = None, context: int = 0, decoder: str = "group",
                group_size: int = 1, order: str = "l2r", criterion: str = "confidence",
@@ -78,8 +80,12 @@ class A3JaxLM(LM):
                **unused: Any):
     super().__init__()
     del unused  # lm-eval passes device, max_batch_size, ...: one host, jax places arrays
+    if pretrained and checkpoint and pretrained != checkpoint:
+      raise UserError("model args pretrained and checkpoint name different checkpoints")
+    checkpoint = pretrained or checkpoint
     if not checkpoint:
-      raise UserError("model arg checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
+      raise UserError("model arg pretrained (or checkpoint) is required: an export DIR, "
+                      "hf:DIR or gguf:FILE")
     if str(batch_size).startswith("auto"):
       raise UserError("batch_size 'auto' is not supported: give a number of rows per pass")
     self.batch_size = _positive("batch_size", batch_size)
@@ -192,7 +198,7 @@ class A3JaxLM(LM):
       for s in range(0, len(members), self.batch_size):
         chunk = members[s:s + self.batch_size]
         width = conditional.padded_width(max(len(prompts[i]) for i in chunk) + new_toks,
-                                   self.config.max_seq_len)
+                                         self.config.max_seq_len)
         tokens = np.zeros((self.batch_size, width), np.int32)
         known = np.zeros((self.batch_size, width), bool)
         valid = np.zeros((self.batch_size, width), bool)

@@ -34,7 +34,7 @@ def harness(tmp_path_factory):
   os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
   saved_argv = sys.argv
   sys.argv = ["a3-lm-eval", "--model", "a3_jax", "--model_args",
-              f"checkpoint={export},window={WINDOW},context={CONTEXT}", "--batch_size", "4",
+              f"pretrained={export},window={WINDOW},context={CONTEXT}", "--batch_size", "4",
               "--tasks", "a3_piqa_local,a3_rolling_local", "--include_path", TASKS_DIR,
               "--output_path", str(tmp / "results"), "--log_samples"]
   try:
@@ -48,6 +48,8 @@ def harness(tmp_path_factory):
       else:
         os.environ[k] = v
   [results_file] = glob.glob(str(tmp / "results" / "**" / "results_*.json"), recursive=True)
+  # lm-eval's layout: OUTPUT_PATH/<the pretrained= path, sanitized>/results_<date>.json
+  assert os.path.basename(os.path.dirname(results_file)).endswith("export")
   with open(results_file) as f:
     results = json.load(f)
   samples = {}

@@ -1,6 +1,6 @@
 """`a3-lm-eval`: lm-evaluation-harness's own command line, with `--model a3_jax`.
 
-  a3-lm-eval --model a3_jax --model_args checkpoint=exports/default --tasks piqa \
+  a3-lm-eval --model a3_jax --model_args pretrained=exports/default --tasks piqa \
     --output_path results/ [--include_path my_tasks/] [--log_samples]
 
 Every flag is lm-eval's (`a3-lm-eval --help`); results are written where lm-eval
