@@ -93,32 +93,53 @@ class _Request:
     self.args = args
 
 
-def test_generate_until_is_the_group_decoder(harness):
-  """Greedy generation equals tasks.fill's A3 group decoding of the same prompts, cut
-  at the stop string; loglikelihood under other groupings differs from 'ar'."""
+@pytest.mark.parametrize("decoder", ["group", "dynamic"])
+def test_generate_until_is_our_decoder(harness, decoder):
+  """Greedy generation equals tasks.fill's A3 decoding (group: Algorithm 1; dynamic:
+  Algorithm 2, confidence) of the same prompts in the same padded batch."""
   from a3_jax.lm_eval_model import A3JaxLM
   from a3_jax.tasks import fill
-  export = harness[0]
-  lm = A3JaxLM(checkpoint=export, batch_size=2, max_gen_toks=6)
+  lm = A3JaxLM(pretrained=harness[0], batch_size=4, max_gen_toks=6, decoder=decoder)
   prompts = ["When shall we three", "Fair is foul", "If music be the food of love"]
   kwargs = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
   texts = lm.generate_until([_Request(p, kwargs) for p in prompts])
   ids = [lm.tokenizer.encode(p) for p in prompts]
-  width = max(len(t) for t in ids) + 6
-  tokens = np.zeros((len(ids), width), np.int32)
-  known, valid = np.zeros((2, len(ids), width), bool)
-  for r, t in enumerate(ids):
-    tokens[r, :len(t)], known[r, :len(t)], valid[r, :len(t) + 6] = t, True, True
-  out, _ = fill.fill(lm.params, lm.config, tokens, known, valid, method="a3",
+  # The adapter's layout: longest prompt first, 4 rows, a power-of-two width.
+  order = sorted(range(3), key=lambda i: -len(ids[i]))
+  width = 16
+  assert max(len(t) for t in ids) + 6 <= width
+  tokens = np.zeros((4, width), np.int32)
+  known, valid = np.zeros((2, 4, width), bool)
+  for r, i in enumerate(order):
+    n = len(ids[i])
+    tokens[r, :n], known[r, :n], valid[r, :n + 6] = ids[i], True, True
+  out, _ = fill.fill(lm.params, lm.config, tokens, known, valid,
+                     method={"group": "a3", "dynamic": "a3-dynamic"}[decoder],
                      eos_id=lm.tokenizer.eos_id)
-  for r, (t, text) in enumerate(zip(ids, texts)):
-    new = [int(x) for x in out[r, len(t):len(t) + 6]]
+  for r, i in enumerate(order):
+    new = [int(x) for x in out[r, len(ids[i]):len(ids[i]) + 6]]
     if lm.tokenizer.eos_id in new:
       new = new[:new.index(lm.tokenizer.eos_id)]
-    expected = lm.tokenizer.decode(t + new)[len(lm.tokenizer.decode(t)):]
-    assert text == expected.split("\n\n")[0]
+    expected = lm.tokenizer.decode(ids[i] + new)[len(lm.tokenizer.decode(ids[i])):]
+    assert texts[i] == expected.split("\n\n")[0]
   assert any(texts)
-  pair = [_Request("Question: To make a hard boiled egg,\nAnswer:", " place the egg in water")]
-  ar = lm.loglikelihood(pair)[0][0]
-  lm.grouping = "one"
-  assert lm.loglikelihood(pair)[0][0] != pytest.approx(ar, abs=1e-3)
+  if decoder == "group":  # the stop strings, and scoring under another grouping
+    pieces = lm.tokenizer.encode("Fair is foul, and foul is fair")
+    assert lm._continuation(pieces[:2], pieces[2:], [", and", "zzz"]) == " foul"
+    pair = [_Request("Question: To make a hard boiled egg,\nAnswer:", " place the egg in water")]
+    ar = lm.loglikelihood(pair)[0][0]
+    lm.grouping = "one"
+    assert lm.loglikelihood(pair)[0][0] != pytest.approx(ar, abs=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "pretrained \\(or checkpoint\\) is required"),
+    ({"pretrained": "x", "checkpoint": "y"}, "different checkpoints"),
+    ({"pretrained": "x", "batch_size": "auto"}, "'auto' is not supported"),
+    ({"pretrained": "x", "grouping": "spiral"}, "unknown target grouping"),
+    ({"pretrained": "x", "decoder": "beam"}, "decoder must be one of"),
+])
+def test_bad_model_args_are_clear_errors(kwargs, message):
+  from a3_jax.lm_eval_model import A3JaxLM
+  with pytest.raises(ValueError, match=message):
+    A3JaxLM(**kwargs)
