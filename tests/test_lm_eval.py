@@ -6,7 +6,6 @@ import glob
 import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -30,23 +29,14 @@ def harness(tmp_path_factory):
   """(export, results JSON, samples per task) of one `a3-lm-eval` run, in process."""
   tmp = tmp_path_factory.mktemp("lm_eval")
   export = tiny_export(tmp)
-  saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
-  os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
-  saved_argv = sys.argv
-  sys.argv = ["a3-lm-eval", "--model", "a3_jax", "--model_args",
-              f"pretrained={export},window={WINDOW},context={CONTEXT}", "--batch_size", "4",
-              "--tasks", "a3_piqa_local,a3_rolling_local", "--include_path", TASKS_DIR,
-              "--output_path", str(tmp / "results"), "--log_samples"]
-  try:
-    from a3_jax.cli.lm_eval_harness import entry
-    entry()
-  finally:
-    sys.argv = saved_argv
-    for k, v in saved_env.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  from a3_jax.cli.lm_eval_harness import main
+  with pytest.MonkeyPatch.context() as env:  # no hub: datasets and the hub stay offline
+    env.setenv("HF_DATASETS_OFFLINE", "1")
+    env.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--model", "a3_jax", "--model_args",
+                 f"pretrained={export},window={WINDOW},context={CONTEXT}", "--batch_size", "4",
+                 "--tasks", "a3_piqa_local,a3_rolling_local", "--include_path", TASKS_DIR,
+                 "--output_path", str(tmp / "results"), "--log_samples"]) == 0
   [results_file] = glob.glob(str(tmp / "results" / "**" / "results_*.json"), recursive=True)
   # lm-eval's layout: OUTPUT_PATH/<the pretrained= path, sanitized>/results_<date>.json
   assert os.path.basename(os.path.dirname(results_file)).endswith("export")

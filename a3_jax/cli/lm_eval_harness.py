@@ -17,7 +17,8 @@ from a3_jax.cli import common as cli
 from a3_jax.errors import UserError
 
 
-def entry():
+def main(argv: list[str] | None = None) -> int:
+  """Runs lm-eval's command line on `argv` (default sys.argv[1:]), in this process."""
   with cli.user_errors("a3-lm-eval"):
     try:
       from lm_eval.__main__ import cli_evaluate
@@ -25,8 +26,18 @@ def entry():
       raise UserError("lm-eval is not installed: pip install -e \".[lm-eval]\" "
                       "(or pip install a3_jax[lm-eval])") from None
     import a3_jax.lm_eval_model  # noqa: F401  (registers --model a3_jax)
-    cli_evaluate()
+    saved = sys.argv
+    sys.argv = ["a3-lm-eval", *(sys.argv[1:] if argv is None else argv)]  # lm-eval reads it
+    try:
+      cli_evaluate()
+    finally:
+      sys.argv = saved
+  return 0
+
+
+def entry():
+  sys.exit(main())
 
 
 if __name__ == "__main__":
-  sys.exit(entry())
+  entry()
