@@ -50,7 +50,8 @@ from lm_eval.api.registry import register_model
 
 from a3_jax import conditional, evaluate
 from a3_jax.convert.loader import load_model
-from a3_jax.decoding import SamplerConfig, decode_dynamic, decode_groups, schedule
+from a3_jax.decoding import (CRITERIA, ORDERS, SamplerConfig, decode_dynamic, decode_groups,
+                             schedule)
 from a3_jax.errors import UserError
 from a3_jax.tasks.scoring import encode_pair
 
@@ -93,8 +94,10 @@ class A3JaxLM(LM):
     self.max_gen_toks = _positive("max_gen_toks", max_gen_toks)
     conditional.target_groups(1, grouping)  # a typo fails before the model loads
     evaluate.check_grouping(rolling_grouping, "query")
-    if decoder not in DECODERS:
-      raise UserError(f"model arg decoder must be one of {DECODERS}, got {decoder!r}")
+    for name, value, choices in (("decoder", decoder, DECODERS), ("order", order, ORDERS),
+                                 ("criterion", criterion, CRITERIA)):
+      if value not in choices:
+        raise UserError(f"model arg {name} must be one of {choices}, got {value!r}")
     self.grouping, self.rolling_grouping, self.decoder = grouping, rolling_grouping, decoder
     self.order, self.criterion, self.block_size = order, criterion, int(block_size)
     self.seed = int(seed)
@@ -122,12 +125,12 @@ class A3JaxLM(LM):
       tokens.append(np.asarray(ctx + cont, np.int32))
       groups.append(np.concatenate([np.zeros(len(ctx), np.int32), target]))
     # Longest first: batches of similar widths, so less padding and few programs.
-    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+    by_length = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
     scores = conditional.conditional_logprobs(
-        self.params, self.config, [tokens[i] for i in order], [groups[i] for i in order],
-        batch_size=self.batch_size)
+        self.params, self.config, [tokens[i] for i in by_length],
+        [groups[i] for i in by_length], batch_size=self.batch_size)
     out: list[tuple[float, bool]] = [None] * len(tokens)  # type: ignore[list-item]
-    for rank, i in enumerate(order):
+    for rank, i in enumerate(by_length):
       out[i] = (float(scores.logp[rank]), bool(scores.greedy[rank]))
     for req, res in zip(requests, out):
       self.cache_hook.add_partial("loglikelihood", req.args, res)

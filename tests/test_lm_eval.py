@@ -128,6 +128,7 @@ def test_generate_until_is_our_decoder(harness, decoder):
     ({"pretrained": "x", "batch_size": "auto"}, "'auto' is not supported"),
     ({"pretrained": "x", "grouping": "spiral"}, "unknown target grouping"),
     ({"pretrained": "x", "decoder": "beam"}, "decoder must be one of"),
+    ({"pretrained": "x", "criterion": "luck"}, "criterion must be one of"),
 ])
 def test_bad_model_args_are_clear_errors(kwargs, message):
   from a3_jax.lm_eval_model import A3JaxLM
