@@ -1,7 +1,7 @@
 """The training loop: data, sharded state, curriculum, checkpoints, metrics, eval.
 
 `run(job)` is what `a3-train` calls after parsing flags; every user-caused
-problem is a ValueError raised before anything in the workdir is written.
+problem is a UserError raised before anything in the workdir is written.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
-from a3_jax.config import ModelConfig, get_preset
+from a3_jax.config import ModelConfig, get_preset, resolve
 from a3_jax.convert.loader import load_pretrained, read_config
 from a3_jax.tokenizer import save_tokenizer
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
@@ -88,34 +88,47 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _coerce(field: dataclasses.Field, text: str):
-  kind = field.type if isinstance(field.type, str) else field.type.__name__
-  if kind.startswith("bool"):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise UserError(f"model override {field.name}={text!r}: expected true or false")
-    return text.lower() in ("true", "1")
-  for cast in (int, float):
-    if kind.startswith(cast.__name__):
-      try:
-        return cast(text)
-      except ValueError:
-        raise UserError(f"model override {field.name}={text!r}: expected {cast.__name__}")
-  return text
+def model_config_for(job: Job, vocab_size: int | None,
+                     init_config: ModelConfig | None = None) -> ModelConfig:
+  """THE model config of a run (a3-train and a3-dry-run both call this).
+
+  From scratch: --preset with the tokenizer's `vocab_size` and the --model overrides.
+  With --init_from: that checkpoint's config (`init_config`, read from --init_from
+  when not given) with the --model overrides of runtime settings only.
+  """
+  if job.init_from:
+    base = read_config(job.init_from) if init_config is None else init_config
+    return resolve(base, job.model_overrides, checkpoint=f"--init_from={job.init_from}")
+  return resolve(get_preset(job.preset), job.model_overrides, vocab_size=vocab_size)
 
 
-def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
-  """The preset with the tokenizer's vocabulary and any --model overrides."""
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-  overrides = {"vocab_size": vocab_size}
-  for name, text in job.model_overrides:
-    if name not in fields or name == "rope_scaling":
-      raise UserError(f"unknown model override {name!r}; settable: "
-                       f"{sorted(set(fields) - {'rope_scaling'})}")
-    overrides[name] = _coerce(fields[name], text)
-  return get_preset(job.preset, **overrides)
+def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
+  """The checks of a job that need no devices (a3-dry-run runs them too)."""
+  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
+    if getattr(job, name) < 1:
+      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
+  if job.seq_len > model_config.max_seq_len:
+    raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
+                     f"({model_config.max_seq_len})")
+  if model_config.attention == "kernel":
+    k = model_config.attention_group_size
+    for strategy, _ in curriculum.stages:
+      if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
+          strategy.kind == "ar" and k != 1):
+        raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
+                         f"stage {strategy.name!r} differs (use attention=chunked)")
 
 
-def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> None:
+def planned_config(job: Job, init_config: ModelConfig | None = None) -> ModelConfig:
+  """The model config `run(job)` trains, checked against the curriculum, without
+  devices or weights (a3-dry-run). `init_config` stands in for --init_from's config."""
+  vocab_size = None if job.init_from else load_tokenizer(job.tokenizer).vocab_size
+  model_config = model_config_for(job, vocab_size, init_config)
+  validate_plan(job, model_config, parse_curriculum(job.curriculum))
+  return model_config
+
+
+def validate_mesh(job: Job, mesh) -> None:
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % jax.process_count():  # each process loads the rows of its own devices
     raise UserError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
@@ -123,19 +136,6 @@ def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> Non
   if job.batch_size % (rows * job.train.grad_accum):
     raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
                      f"({rows}) * grad_accum ({job.train.grad_accum})")
-  if job.seq_len > model_config.max_seq_len:
-    raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
-                     f"({model_config.max_seq_len})")
-  if model_config.attention == "kernel" and curriculum is not None:
-    k = model_config.attention_group_size
-    for strategy, _ in curriculum.stages:
-      if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
-          strategy.kind == "ar" and k != 1):
-        raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
-                         f"stage {strategy.name!r} differs (use attention=chunked)")
-  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
-    if getattr(job, name) < 1:
-      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
 
 
 def _initial(job: Job, mesh):
@@ -146,9 +146,10 @@ def _initial(job: Job, mesh):
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
-    return read_config(job.init_from), load_tokenizer(saved_tokenizer), None
+    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
   if job.init_from:
-    params, model_config, tokenizer = load_pretrained(job.init_from, mesh=mesh)
+    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
@@ -162,7 +163,8 @@ def run(job: Job) -> dict:
   mesh = shd.make_mesh(job.mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
   model_config, tokenizer, pretrained = _initial(job, mesh)
-  _validate(job, model_config, mesh, curriculum)
+  validate_plan(job, model_config, curriculum)
+  validate_mesh(job, mesh)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
                      f"{model_config.vocab_size}")
