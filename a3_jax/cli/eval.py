@@ -8,20 +8,21 @@
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
 file is one document per line (its `text` field); any other file is one
-document. --json prints one JSON object as the last line.
+document. --json prints the result as one JSON object on stdout (the table on stderr).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 
 from absl import flags
 
 from a3_jax import evaluate
 from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
-from a3_jax.data.sources import json_text
+from a3_jax.data.text_file import read_texts
+from a3_jax.likelihood_report import format_likelihood, likelihood_report
 from a3_jax.errors import UserError
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
@@ -46,7 +47,7 @@ flags.DEFINE_integer("mask_id", 0, "--head=mdm: the mask token id the model was 
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
                   "group sizes 1, 2, 4, 8, 16 (table + PNG)")
 flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG")
-flags.DEFINE_bool("json", False, "print one JSON object as the last line")
+flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)")
 flags.DEFINE_string("task", None, "task: hellaswag | winogrande | piqa | siqa | triviaqa | rocstories")
 flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]")
 flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task")
@@ -54,29 +55,6 @@ flags.DEFINE_string("fill_method", None, "generation tasks: a3 | a3-dynamic | ar
                     "(default: from --head)")
 flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call")
 flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer")
-
-
-def read_texts(path: str) -> list[str]:
-  """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
-  if not os.path.isfile(path):
-    raise UserError(f"text file {path} does not exist")
-  with open(path, encoding="utf-8", newline="") as f:
-    content = f.read()
-  if not content.strip():
-    raise UserError(f"text file {path} is empty")
-  if not path.endswith(".jsonl"):
-    return [content]
-  return [json_text(line, f"text file {path}, line {n}")
-          for n, line in enumerate(content.splitlines(), 1) if line.strip()]
-
-
-def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list[int]]:
-  ids = [tokenizer.encode(t) for t in texts]
-  for n, t in enumerate(ids):
-    if len(t) < need:
-      raise UserError(f"text file {path}: document {n} is {len(t)} token(s) long; this "
-                       f"evaluation needs at least {need}")
-  return ids
 
 
 def groupings(head: str) -> list[str]:
@@ -107,48 +85,6 @@ def _check_flags() -> None:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
 
 
-def likelihood(params, config, tokenizer, texts: list[str], names: list[str]) -> dict:
-  ids = encode_texts(tokenizer, texts, F.text_file, 2 if F.head == "content" else 1)
-  common = dict(window=F.window, context=F.context, seed=F.seed)
-  if F.head == "mdm":
-    from a3_jax import mdm
-    results = [mdm.nelbo_texts(params, config, ids, num_samples=F.elbo_samples,
-                               mask_id=F.mask_id, **common)]
-  else:
-    results = [evaluate.score_texts(params, config, ids, g, head=F.head, orders=F.orders,
-                                    batch_size=F.batch_size, **common).to_dict()
-               for g in names]
-  out = {"checkpoint": F.checkpoint, "text_file": F.text_file, "head": F.head,
-         "documents": len(ids), "results": results}
-  if F.curve:
-    curve = evaluate.parallelism_curve(params, config, ids, orders=F.orders,
-                                       batch_size=F.batch_size, **common)
-    out["curve"] = [r.to_dict() for r in curve]
-    out["curve_table"] = evaluate.curve_table(curve)
-    out["curve_png"] = evaluate.plot_curve(curve, F.curve_png,
-                                           os.path.basename(F.checkpoint.rstrip("/")))
-  return out
-
-
-def format_likelihood(out: dict) -> str:
-  lines = [f"{out['checkpoint']} on {out['text_file']} ({out['documents']} document(s)), "
-           f"head={out['head']}"]
-  if out["head"] == "mdm":
-    r = out["results"][0]
-    lines.append(f"NELBO/token {r['nelbo_per_token']:.4f} ± {r['stderr_per_token']:.4f} "
-                 f"(perplexity <= {r['perplexity_bound']:.2f}; {r['samples']} samples, "
-                 f"{r['tokens']} tokens)")
-    return "\n".join(lines)
-  lines.append(f"{'grouping':<10} {'nll/token':>10} {'perplexity':>11} {'tokens':>8} "
-               f"{'orders':>6} {'order std':>9}")
-  for r in out["results"]:
-    lines.append(f"{r['grouping']:<10} {r['nll_per_token']:>10.4f} {r['perplexity']:>11.2f} "
-                 f"{r['tokens']:>8} {r['orders']:>6} {r['order_std']:>9.4f}")
-  if "curve" in out:
-    lines += ["", "parallelism-likelihood curve:", out["curve_table"], f"plot: {out['curve_png']}"]
-  return "\n".join(lines)
-
-
 def format_task(out: dict) -> str:
   shown = {k: v for k, v in out.items() if k != "predictions"}
   return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -164,7 +100,12 @@ def main(argv):
       names = groupings(F.head)
       texts = read_texts(F.text_file)
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-      out = likelihood(params, config, tokenizer, texts, names)
+      out = likelihood_report(
+          params, config, tokenizer, texts, names, checkpoint=F.checkpoint,
+          text_file=F.text_file, head=F.head, orders=F.orders, window=F.window,
+          context=F.context, batch_size=F.batch_size, seed=F.seed,
+          elbo_samples=F.elbo_samples, mask_id=F.mask_id,
+          curve_png=F.curve_png if F.curve else None)
       text = format_likelihood(out)
     else:
       from a3_jax.tasks.run import TASKS, run_task
@@ -175,9 +116,11 @@ def main(argv):
                      method=F.fill_method, limit=F.limit, batch_size=F.batch_size,
                      group_size=F.group_size, max_new_tokens=F.max_new_tokens)
       text = format_task(out)
-    print(text, flush=True)
-    if F.json:
+    if F.json:  # stdout: the one JSON object; the table goes to stderr
+      print(text, file=sys.stderr, flush=True)
       print(json.dumps(out), flush=True)
+    else:
+      print(text, flush=True)
 
 
 def entry():

@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.checkpoint import restore_params
-from a3_jax.config import ModelConfig
-from a3_jax.export import save_export, tokenizer_file
+from a3_jax.export import export_run
 from a3_jax.errors import UserError
 
 F = flags.FLAGS
@@ -23,19 +19,6 @@ flags.DEFINE_enum("format", "a3", ["a3", "hf"],
                   "a3: the export that a3-generate / a3-eval load; hf: a transformers LLaMA directory "
                   "(content stream) with the query vector as the extra tensor model.query_embed")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
-
-
-def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
-               step: int | None = None) -> str:
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} does not exist")
-  params, meta, step = restore_params(workdir, step)
-  config = ModelConfig.from_dict(meta["model_config"])
-  tokenizer = tokenizer_file(workdir)
-  if fmt == "hf":
-    from a3_jax.convert.hf_export import export_hf
-    return export_hf(out, params, config, tokenizer, dtype=dtype)
-  return save_export(out, params, config, tokenizer, dtype=dtype)
 
 
 def main(argv):
