@@ -7,7 +7,6 @@ import os
 
 import jax
 import pytest
-from absl import flags
 
 from a3_jax import trainer
 from a3_jax.config import PRESETS, resolve
@@ -63,14 +62,11 @@ def test_init_from_with_runtime_overrides_trains_with_them(tmp_path, monkeypatch
 
 
 def _job_of(path, monkeypatch):
-  import a3_jax.cli.dry_run  # noqa: F401  (its flags and a3-train's)
+  from a3_jax.cli import common, dry_run
   from a3_jax.cli.train import job_from_flags
   monkeypatch.chdir(ROOT)  # the flag files name each other relative to the repo
-  try:
-    flags.FLAGS(["a3-dry-run", f"--flagfile={path}"])
-    return job_from_flags()
-  finally:
-    flags.FLAGS.unparse_flags()
+  common.parse(dry_run.F, [f"--flagfile={path}"], "a3-dry-run", None)
+  return job_from_flags(dry_run.F)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=os.path.basename)

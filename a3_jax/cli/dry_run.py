@@ -3,8 +3,9 @@
 Builds the model config, the abstract params and optimizer state with
 `jax.eval_shape` on a fake CPU mesh of the flag file's size, shards them by the
 rules, and prints bytes per device. The model config is the one a3-train builds
-(trainer.planned_config); an --init_from not reachable here is stood in by --preset. With --compile it also lowers and compiles
-the train step for that mesh and prints XLA's memory analysis (slow for big models).
+(trainer.planned_config); an --init_from not reachable here is stood in by --preset.
+With --compile it also lowers and compiles the train step for that mesh and prints
+XLA's memory analysis (slow for big models).
 Stdout: one JSON object; human text on stderr.
 """
 
@@ -17,18 +18,34 @@ import os
 import sys
 
 from absl import flags
+
+from a3_jax.cli import common as cli
+from a3_jax.cli import train as train_cli
 from a3_jax.errors import UserError
 
-flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product, or 8 with -1)")
-flags.DEFINE_bool("compile", False, "also compile the train step and report its memory")
+F = flags.FlagValues()
+F.append_flag_values(train_cli.F)  # the training flags the flag files use
+flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product, or 8 with -1)",
+                     flag_values=F)
+flags.DEFINE_bool("compile", False, "also compile the train step and report its memory",
+                  flag_values=F)
 
 
 def _device_count(argv) -> int:
   """Parses --devices / --mesh early: the CPU backend must know them before it starts."""
-  flags.FLAGS(argv, known_only=True)
-  if flags.FLAGS.devices:
-    return flags.FLAGS.devices
-  sizes = [int(item.partition(":")[2]) for item in flags.FLAGS.mesh.split(",") if item.strip()]
+  try:
+    F(argv, known_only=True)
+  except flags.Error:
+    return 8  # main reports the malformed flag
+  finally:
+    mesh, devices = F["mesh"].value, F["devices"].value
+    F.unparse_flags()
+  if devices:
+    return devices
+  try:
+    sizes = [int(item.partition(":")[2]) for item in mesh.split(",") if item.strip()]
+  except ValueError:
+    return 8  # main reports the malformed mesh
   return 8 if -1 in sizes else math.prod(sizes)
 
 
@@ -96,13 +113,13 @@ def report(job, compile_step: bool) -> dict:
   return out
 
 
-def main(argv):
-  from a3_jax.cli import common as cli
-  from a3_jax.cli.train import job_from_flags
+def main(argv: list[str] | None = None) -> int:
+  """Needs as many devices as the flag file's mesh (`entry` makes fake CPU ones)."""
   with cli.user_errors("a3-dry-run"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
-    result = report(job_from_flags(), flags.FLAGS.compile)
+    args = cli.parse(F, argv, "a3-dry-run", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
+    result = report(train_cli.job_from_flags(F), F.compile)
     if result["init_from_note"]:
       print(f"note: {result['init_from_note']}", file=sys.stderr)
     gib = 2.0 ** 30
@@ -110,16 +127,15 @@ def main(argv):
           f"{result['mesh']}: params {result['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
           f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device", file=sys.stderr)
     print(json.dumps(result))
+  return 0
 
 
 def entry():
-  import a3_jax.cli.train  # noqa: F401  (defines the training flags the flag files use)
-  from a3_jax.cli import common as cli
   count = _device_count(sys.argv)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.config.update("jax_num_cpu_devices", count)
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -24,37 +24,49 @@ from a3_jax.cli import common as cli
 from a3_jax.data.text_file import read_texts
 from a3_jax.likelihood_report import format_likelihood, likelihood_report
 from a3_jax.errors import UserError
+from a3_jax.tasks.fill import METHODS
+from a3_jax.tasks.run import TASKS
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
-F = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
-flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
-flags.DEFINE_string("text_file", None, "text to score: .txt (one document) or .jsonl ('text' per line)")
+F = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_values=F)
+flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
+                    flag_values=F)
+flags.DEFINE_string("text_file", None, "text to score: .txt (one document) or .jsonl ('text' per line)",
+                    flag_values=F)
 flags.DEFINE_string("grouping", None, "comma-separated groupings: ar, block:K, perm:K "
-                    f"(default: {DEFAULT_GROUPINGS['query']}; ar for --head=content)")
+                    f"(default: {DEFAULT_GROUPINGS['query']}; ar for --head=content)",
+                    flag_values=F)
 flags.DEFINE_enum("head", "query", ["query", "content", "mdm"],
                   "query: A3 exact likelihood; content: causal LM (ar grouping, shifted); "
-                  "mdm: masked-diffusion ELBO (bidirectional content stream)")
-flags.DEFINE_integer("orders", 4, "random orders averaged for perm groupings")
-flags.DEFINE_integer("window", 1024, "tokens per pass (capped at the model's max_seq_len)")
-flags.DEFINE_integer("context", 0, "tokens of the previous window each later window conditions on")
-flags.DEFINE_integer("batch_size", 8, "rows per pass")
-flags.DEFINE_integer("seed", 0, "seed of the random orders / ELBO samples")
-flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO")
+                  "mdm: masked-diffusion ELBO (bidirectional content stream)", flag_values=F)
+flags.DEFINE_integer("orders", 4, "random orders averaged for perm groupings", flag_values=F)
+flags.DEFINE_integer("window", 1024, "tokens per pass (capped at the model's max_seq_len)",
+                     flag_values=F)
+flags.DEFINE_integer("context", 0, "tokens of the previous window each later window conditions on",
+                     flag_values=F)
+flags.DEFINE_integer("batch_size", 8, "rows per pass", flag_values=F)
+flags.DEFINE_integer("seed", 0, "seed of the random orders / ELBO samples", flag_values=F)
+flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO", flag_values=F)
 flags.DEFINE_integer("mask_id", 0, "--head=mdm: the mask token id the model was trained with "
-                     "(a3-train --objective=mdm uses 0, the embedded tokenizer's pad id)")
+                     "(a3-train --objective=mdm uses 0, the embedded tokenizer's pad id)",
+                     flag_values=F)
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
-                  "group sizes 1, 2, 4, 8, 16 (table + PNG)")
-flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG")
-flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)")
-flags.DEFINE_string("task", None, "task: hellaswag | winogrande | piqa | siqa | triviaqa | rocstories")
-flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]")
-flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task")
-flags.DEFINE_string("fill_method", None, "generation tasks: a3 | a3-dynamic | ar | mdm "
-                    "(default: from --head)")
-flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call")
-flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer")
+                  "group sizes 1, 2, 4, 8, 16 (table + PNG)", flag_values=F)
+flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG",
+                    flag_values=F)
+flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)",
+                  flag_values=F)
+flags.DEFINE_enum("task", None, TASKS, "a task of the paper's suite",
+                    flag_values=F)
+flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]",
+                    flag_values=F)
+flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task", flag_values=F)
+flags.DEFINE_enum("fill_method", None, METHODS, "generation tasks: how blanks are filled "
+                    "(default: from --head)", flag_values=F)
+flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call", flag_values=F)
+flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer", flag_values=F)
 
 
 def groupings(head: str) -> list[str]:
@@ -91,10 +103,11 @@ def format_task(out: dict) -> str:
                   for k, v in shown.items())
 
 
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-eval"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
+    args = cli.parse(F, argv, "a3-eval", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     if F.text_file:
       names = groupings(F.head)
@@ -108,9 +121,7 @@ def main(argv):
           curve_png=F.curve_png if F.curve else None)
       text = format_likelihood(out)
     else:
-      from a3_jax.tasks.run import TASKS, run_task
-      if F.task not in TASKS:
-        raise UserError(f"unknown task {F.task!r}; choose one of {TASKS}")
+      from a3_jax.tasks.run import run_task
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       out = run_task(F.task, F.task_data, params, config, tokenizer, head=F.head,
                      method=F.fill_method, limit=F.limit, batch_size=F.batch_size,
@@ -121,10 +132,11 @@ def main(argv):
       print(json.dumps(out), flush=True)
     else:
       print(text, flush=True)
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":
