@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import signal
 import time
+from typing import Any
 
 import jax
 from etils import epath
@@ -194,8 +195,8 @@ def run(job: Job) -> dict:
     else:
       state = init_state(model_config, tc, jax.random.key(job.seed), mesh)
     _write_run_files(job, model_config, tokenizer)
-    return _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state,
-                 data_iter, eval_batches, manager, resume_step)
+    return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
+                      eval_batches, manager, resume_step), state)
 
 
 def _eval_source(job: Job) -> tuple[str, str]:
@@ -251,50 +252,95 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3") 
   return out
 
 
-def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, data_iter,
-          eval_batches, manager, resume_step):
-  train_step = make_train_step(model_config, tc, curriculum, mesh, shardings)
-  eval_step = make_eval_step(model_config, tc, mesh, shardings)
+@dataclasses.dataclass
+class _Run:
+  """What the step loop of one run works with."""
+
+  job: Job
+  tc: TrainConfig
+  curriculum: Any
+  mesh: Any
+  model_config: ModelConfig
+  shardings: Any
+  data_iter: Any
+  eval_batches: list
+  manager: Any
+  resume_step: int | None
+
+
+def _record(r: _Run, step: int, metrics, tick: float, started: float) -> dict:
+  """The metrics.jsonl record of `step` (0-based) from its fetched metrics."""
+  now = time.perf_counter()
+  record = {"step": step + 1, "stage": r.curriculum.stage_name(step),
+            **{k: float(v) for k, v in metrics.items() if k != "stage"},
+            "tokens_per_s": r.job.batch_size * r.job.seq_len / (now - tick),
+            "elapsed_s": now - started}
+  record.update(mfu_report(r.model_config, r.job.seq_len, record["tokens_per_s"],
+                           r.curriculum.stages[int(metrics["stage"])][0], r.tc.objective))
+  return record
+
+
+def _loop(r: _Run, state):
+  """Steps until --steps or SIGTERM. The host fetches step t-1's metrics after step t
+  is dispatched, so the device never waits on the host between steps; evals and
+  checkpoints first write the pending step's record."""
+  job = r.job
+  train_step = make_train_step(r.model_config, r.tc, r.curriculum, r.mesh, r.shardings)
+  eval_step = make_eval_step(r.model_config, r.tc, r.mesh, r.shardings)
   seed_key = jax.random.key(job.seed)
   eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
-  writer = MetricsWriter(job.workdir, resume_step)
+  writer = MetricsWriter(job.workdir, r.resume_step)
   preemption = _Preemption()
   start = int(state.step)
   last_eval: dict = {}
   tick = started = time.perf_counter()
+  pending = None  # (step, metrics still on the device)
+
+  def flush():
+    nonlocal pending, tick
+    if pending is None:
+      return
+    step, metrics = pending
+    pending = None
+    record = _record(r, step, jax.device_get(metrics), tick, started)
+    tick = time.perf_counter()
+    writer.write(record)
+    if (step + 1) % 10 == 0 or step == start:
+      kernel = (f" kernel rows {record['kernel_rows']:.0f}/"
+                f"{record['kernel_rows'] + record['fallback_rows']:.0f}"
+                if "kernel_rows" in record else "")
+      print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
+            f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}{kernel}", flush=True)
+
   try:
     for step in range(start, job.steps):
-      batch = shd.shard_batch(next(data_iter), mesh)
+      batch = shd.shard_batch(next(r.data_iter), r.mesh)
       state, metrics = train_step(state, batch, seed_key)
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      record = {"step": step + 1, "stage": curriculum.stage_name(step),
-                **{k: float(v) for k, v in metrics.items() if k != "stage"},
-                "tokens_per_s": job.batch_size * job.seq_len / (now - tick),
-                "elapsed_s": now - started}
-      record.update(mfu_report(model_config, job.seq_len, record["tokens_per_s"],
-                               curriculum.stages[int(metrics["stage"])][0], tc.objective))
-      tick = now
-      writer.write(record)
-      if (step + 1) % 10 == 0 or step == start:
-        print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
-              f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}", flush=True)
+      flush()  # step - 1's, while this step runs
+      pending = (step, metrics)
       done = step + 1 == job.steps
-      if (step + 1) % job.eval_every == 0 or done:
-        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh, tc.objective)
+      preempted = preemption.reached(step + 1)
+      evaluate_now = (step + 1) % job.eval_every == 0 or done
+      save_now = (step + 1) % job.save_every == 0 or done or preempted
+      if evaluate_now or save_now:
+        flush()
+      if evaluate_now:
+        last_eval = evaluate(eval_step, state.params, r.eval_batches, eval_key, r.mesh,
+                             r.tc.objective)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         print(f"step {step + 1} validation " + " ".join(
             f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)
         tick = time.perf_counter()
-      preempted = preemption.reached(step + 1)
-      if (step + 1) % job.save_every == 0 or done or preempted:
-        ckpt.save(manager, step + 1, state, data_iter, _meta(job, model_config), force=True)
+      if save_now:
+        ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),
+                  force=True)
       if preempted:
         print(f"SIGTERM: saved step {step + 1}, exiting", flush=True)
         break
+    flush()
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    r.manager.wait_until_finished()
+    r.manager.close()
     writer.close()
     preemption.restore()
   return last_eval
