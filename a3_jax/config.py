@@ -55,7 +55,7 @@ class ModelConfig:
   init_std: float = 0.02
   attention: str = "einsum"
   attention_chunk: int = 512  # key/query tile for attention="chunked"
-  # Uniform group size that attention="kernel" assumes (a3_jax/attention_kernel.py);
+  # Uniform group size that attention="kernel" assumes (a3_jax/attention/kernel.py);
   # static, so every curriculum stage must use it.
   attention_group_size: int = 1
   remat: str = "none"
