@@ -202,7 +202,7 @@ def resolve(base: ModelConfig, overrides=(), *, vocab_size: int | None = None,
   """
   changes = parse_overrides(overrides)
   if checkpoint is None:
-    return base.replace(**({"vocab_size": vocab_size} if vocab_size else {}), **changes)
+    return base.replace(**{**({"vocab_size": vocab_size} if vocab_size else {}), **changes})
   fixed = sorted(k for k, v in changes.items()
                  if k in ARCHITECTURE_FIELDS and v != getattr(base, k))
   if fixed:

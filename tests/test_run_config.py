@@ -27,6 +27,7 @@ def test_a_checkpoint_fixes_the_architecture_but_not_the_runtime_settings():
     resolve(base, [("num_layers", "3"), ("d_model", "32")], checkpoint="--init_from=x")
   assert resolve(base, [("d_model", "32")], vocab_size=99).replace(
       d_model=64, vocab_size=256) == base
+  assert resolve(base, [("vocab_size", "300")], vocab_size=99).vocab_size == 300
 
 
 @pytest.mark.slow
