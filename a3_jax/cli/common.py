@@ -9,7 +9,6 @@ in-process, e.g. by tests. `--help` lists the tool's own flags.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 
 from absl import flags, logging

@@ -22,13 +22,13 @@ import json
 import sys
 
 import jax
-import numpy as np
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.decoding import dynamic as decode_dynamic, group as decode
+from a3_jax.decoding import CRITERIA, ORDERS
 from a3_jax.convert.loader import load_model
 from a3_jax.decoding.prompt import format_sample, parse_prompt, render
+from a3_jax.decoding.samples import decode_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
@@ -44,9 +44,9 @@ flags.DEFINE_enum("decoder", "group", DECODERS, "group (Algorithm 1) | dynamic (
 flags.DEFINE_enum("form", "cached", ["cached", "recompute"], "cached (KV cache) | recompute (the authors' form: "
                     "committed tokens as one group, full re-run per step)", flag_values=F)
 flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group", flag_values=F)
-flags.DEFINE_enum("order", "l2r", decode.ORDERS, "group decoder: the order of the groups",
+flags.DEFINE_enum("order", "l2r", ORDERS, "group decoder: the order of the groups",
                   flag_values=F)
-flags.DEFINE_enum("criterion", "confidence", decode_dynamic.CRITERIA,
+flags.DEFINE_enum("criterion", "confidence", CRITERIA,
                   "dynamic decoder: how blanks are scored", flag_values=F)
 flags.DEFINE_integer("commit_per_step", 1, "dynamic decoder: blanks committed per step",
                      flag_values=F)
@@ -83,21 +83,6 @@ def _check_flags() -> None:
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
 
 
-def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
-  """Decodes --num_samples rows of one prompt with the decoder the flags select."""
-  n = F.num_samples
-  tokens = np.broadcast_to(tokens_T, (n, len(tokens_T)))
-  known = np.broadcast_to(known_T, tokens.shape)
-  common = dict(sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed,
-                eos_id=eos_id, pad_id=max(tokenizer.pad_id, 0), form=F.form)
-  if F.decoder == "group":
-    groups = decode.schedule(known, order=F.order, group_size=F.group_size, seed=F.seed)
-    return decode.decode_groups(params, config, tokens, groups, **common)
-  return decode_dynamic.decode_dynamic(
-      params, config, tokens, known, criterion=F.criterion, commit_per_step=F.commit_per_step,
-      threshold=F.threshold, block_size=F.block_size, **common)
-
-
 def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-generate"):
     args = cli.parse(F, argv, "a3-generate", __doc__)
@@ -113,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     # cut off the known text after it.
     continuation = known_T[:len(known_T) - F.max_new_tokens].all()
     eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
-    out = jax.device_get(generate(params, config, tokenizer, tokens_T, known_T, eos_id))
+    out = jax.device_get(decode_prompt(
+        params, config, tokens_T, known_T, num_samples=F.num_samples, decoder=F.decoder,
+        sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed, eos_id=eos_id,
+        pad_id=max(tokenizer.pad_id, 0), form=F.form, order=F.order, group_size=F.group_size,
+        criterion=F.criterion, commit_per_step=F.commit_per_step, threshold=F.threshold,
+        block_size=F.block_size))
     for i in range(F.num_samples):
       sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
                       out.logprob[i])
