@@ -168,21 +168,25 @@ def test_score_marked_equals_conditional(params):
 # ---------------------------------------------------------------- a3-eval --conditional
 
 
-@pytest.mark.slow
-def test_cli_conditional(tmp_path):
+def test_cli_conditional(tmp_path, capsys):
   import json
-  from cli_helpers import run_module, tiny_export
+  from a3_jax.cli import eval as eval_cli
   from a3_jax.convert.loader import load_model
+  from cli_helpers import tiny_export
   export = tiny_export(tmp_path)
   texts = ["{{When shall we}} [[three meet]] again", "[[When]] shall {{we three}} [[meet]]"]
-  proc = run_module("a3_jax.cli.eval", f"--checkpoint={export}", *(f"--conditional={t}"
-                                                                   for t in texts),
-                    "--target_grouping=perm:2", "--seed=4", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+  assert eval_cli.main([f"--checkpoint={export}", *(f"--conditional={t}" for t in texts),
+                        "--target_grouping=perm:2", "--seed=4", "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)["results"]
   p, cfg, tok = load_model(export)
   expected = marked.score_marked(p, cfg, tok, texts, grouping="perm:2", seed=4)
   assert [r["logp"] for r in out] == pytest.approx([r["logp"] for r in expected], abs=1e-5)
-  proc = run_module("a3_jax.cli.eval", f"--checkpoint={export}", "--conditional=no target")
-  assert proc.returncode == 2 and "has no [[target]] span" in proc.stderr
-  assert len(proc.stderr.strip().splitlines()) == 1
+  for args, message in ((["--conditional=no target"], "has no [[target]] span"),
+                        (["--conditional=[[a]]", "--target_grouping=spiral"],
+                         "unknown target grouping 'spiral'"),
+                        (["--conditional=[[a]]", "--head=content"], "needs --head=query")):
+    with pytest.raises(SystemExit) as exit_info:
+      eval_cli.main([f"--checkpoint={export}", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("a3-eval: error:") and message in err[0], err
