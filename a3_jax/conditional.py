@@ -151,19 +151,20 @@ def conditional_logprobs(params, config: ModelConfig, tokens: Sequence[Sequence[
     chunk = items[s:s + batch_size]
     width = padded_width(max(len(t) for t, _, _ in chunk), config.max_seq_len)
     num_q = padded_width(max(int(np.sum(g >= 1)) for _, g, _ in chunk), width)
-    tok, grp, seg, pos = (np.zeros((batch_size, width), np.int32) for _ in range(4))
-    idx = np.zeros((batch_size, num_q), np.int32)
-    ok = np.zeros((batch_size, num_q), bool)
+    tokens_BxT, groups_BxT, seg_BxT, pos_BxT = (np.zeros((batch_size, width), np.int32)
+                                                for _ in range(4))
+    idx_BxQ = np.zeros((batch_size, num_q), np.int32)  # where each target row looks
+    ok_BxQ = np.zeros((batch_size, num_q), bool)
     for r, (t, g, p) in enumerate(chunk):
       m, where = len(t), np.flatnonzero(g >= 1)
-      tok[r, :m], grp[r, :m], seg[r, :m], pos[r, :m] = t, g, 1, p
-      idx[r, :len(where)], ok[r, :len(where)] = where, True
-    lp, top = _target_scores(params, jnp.asarray(tok), jnp.asarray(grp), jnp.asarray(seg),
-                             jnp.asarray(pos), jnp.asarray(idx), jnp.asarray(ok), config=config)
-    lp, top = np.asarray(lp, np.float64), np.asarray(top)
+      tokens_BxT[r, :m], groups_BxT[r, :m], seg_BxT[r, :m], pos_BxT[r, :m] = t, g, 1, p
+      idx_BxQ[r, :len(where)], ok_BxQ[r, :len(where)] = where, True
+    lp_BxQ, top_BxQ = _target_scores(params, *map(jnp.asarray, (
+        tokens_BxT, groups_BxT, seg_BxT, pos_BxT, idx_BxQ, ok_BxQ)), config=config)
+    lp_BxQ, top_BxQ = np.asarray(lp_BxQ, np.float64), np.asarray(top_BxQ)
     for r in range(len(chunk)):
       n = targets[s + r]
-      logp[s + r] = lp[r, :n].sum()
-      greedy[s + r] = bool(top[r, :n].all())
-      token_logp.append(lp[r, :n])
+      logp[s + r] = lp_BxQ[r, :n].sum()
+      greedy[s + r] = bool(top_BxQ[r, :n].all())
+      token_logp.append(lp_BxQ[r, :n])
   return ConditionalScores(logp, greedy, targets, tuple(token_logp))
