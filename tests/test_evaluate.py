@@ -10,7 +10,7 @@ import pytest
 from flax.linen import meta
 
 from a3_jax import evaluate
-from cli_helpers import run_module, tiny_export
+from cli_helpers import assert_one_line_error, run_main, run_module, tiny_export
 
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_strategy
@@ -176,7 +176,7 @@ def export_dir(tmp_path_factory):
 
 
 def _eval(*args):
-  return run_module("a3_jax.cli.eval", *args)
+  return run_main("a3_jax.cli.eval", *args)
 
 
 @pytest.mark.slow
@@ -184,27 +184,27 @@ def test_cli_likelihood_curve_and_json(export_dir, tmp_path):
   text = tmp_path / "macbeth.txt"
   text.write_text("When shall we three meet again\nIn thunder, lightning, or in rain?\n" * 3)
   png = tmp_path / "curve.png"
-  proc = _eval(f"--checkpoint={export_dir}", f"--text_file={text}", "--grouping=ar,perm:2",
-               "--orders=2", "--window=32", "--context=8", "--curve", f"--curve_png={png}",
-               "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout)  # --json: stdout is the one JSON object
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", f"--text_file={text}",
+                               "--grouping=ar,perm:2", "--orders=2", "--window=32",
+                               "--context=8", "--curve", f"--curve_png={png}", "--json")
+  assert code == 0, stderr[-2000:]
+  out = json.loads(stdout)  # --json: stdout is the one JSON object
   assert [r["grouping"] for r in out["results"]] == ["ar", "perm:2"]
   assert out["results"][1]["orders"] == 2 and out["results"][0]["perplexity"] > 1
   assert len(out["curve"]) == 2 * len(evaluate.CURVE_SIZES) and png.exists()
-  assert "parallelism-likelihood curve" in proc.stderr
-  proc = _eval(f"--checkpoint={export_dir}", f"--text_file={text}", "--head=mdm",
-               "--elbo_samples=2", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]["nelbo_per_token"] > 0
+  assert "parallelism-likelihood curve" in stderr
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", f"--text_file={text}",
+                               "--head=mdm", "--elbo_samples=2", "--json")
+  assert code == 0, stderr[-2000:]
+  assert json.loads(stdout)["results"][0]["nelbo_per_token"] > 0
 
 
 @pytest.mark.slow
 def test_cli_task(export_dir):
-  proc = _eval(f"--checkpoint={export_dir}", "--task=piqa",
-               f"--task_data={os.path.join(FIXTURES, 'piqa.jsonl')}", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", "--task=piqa",
+                               f"--task_data={os.path.join(FIXTURES, 'piqa.jsonl')}", "--json")
+  assert code == 0, stderr[-2000:]
+  out = json.loads(stdout)
   assert out["examples"] == 3 and 0 <= out["accuracy"] <= 1
 
 
@@ -234,7 +234,11 @@ def test_cli_bad_input_exits_2_with_one_line(export_dir, tmp_path, case, message
       "no_checkpoint": [f"--text_file={text}"],
   }[case]
   checkpoint = str(tmp_path) if case == "no_checkpoint" else export_dir
-  proc = _eval(f"--checkpoint={checkpoint}", *args)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("a3-eval: error:") and message in lines[0], lines
+  assert_one_line_error(_eval(f"--checkpoint={checkpoint}", *args), "a3-eval", message)
+
+
+def test_cli_the_program_exits_2_with_one_line(tmp_path):
+  """The one subprocess: what a shell sees from `a3-eval` given an empty text file."""
+  proc = run_module("a3_jax.cli.eval", f"--checkpoint={tmp_path}",
+                    f"--text_file={_write(tmp_path, 'e.txt', '')}")
+  assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "a3-eval", "is empty")
