@@ -71,6 +71,7 @@ def test_perm_draws_an_independent_order_per_row(k):
   seg, pos = _packed()
   groups = np.asarray(sample_groups(parse_strategy(f"perm:{k}"), jax.random.key(0), seg, pos))
   assert len({tuple(r) for r in groups}) > 1, "rows must get independent orders"
+  assert not np.array_equal(groups[seg > 0], (pos // k)[seg > 0]), "a random order, not blocks"
 
 
 def test_mixture_rows_follow_one_part_each_with_the_given_weights():
