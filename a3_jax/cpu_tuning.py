@@ -27,8 +27,10 @@ def cpu_backend_expected(environ=os.environ) -> bool:
 
 
 def apply(environ=os.environ) -> tuple[str, ...]:
-  """Appends CPU_XLA_FLAGS that XLA_FLAGS does not already set; returns those added."""
-  if not cpu_backend_expected(environ):
+  """Appends CPU_XLA_FLAGS that XLA_FLAGS does not already set; returns those added.
+  Nothing once a JAX backend is running (XLA has read its flags)."""
+  from jax._src import xla_bridge  # no public API tells whether a backend has started
+  if xla_bridge.backends_are_initialized() or not cpu_backend_expected(environ):
     return ()
   existing = environ.get("XLA_FLAGS", "")
   added = tuple(f for f in CPU_XLA_FLAGS if f.split("=")[0] not in existing)

@@ -1,6 +1,14 @@
 """CPU XLA flags: appended only for the CPU backend, never over a user's own setting."""
 
+import pytest
+from jax._src import xla_bridge
+
 from a3_jax import cpu_tuning
+
+
+@pytest.fixture(autouse=True)
+def _jax_not_started(monkeypatch):  # as in a console script, before JAX starts
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
 
 
 def test_flags_are_appended_on_cpu_and_keep_the_users_flags():
@@ -9,6 +17,12 @@ def test_flags_are_appended_on_cpu_and_keep_the_users_flags():
   assert added == cpu_tuning.CPU_XLA_FLAGS
   assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *added]
   assert cpu_tuning.apply(env) == ()  # idempotent
+
+
+def test_nothing_once_jax_has_started(monkeypatch):
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+  env = {"JAX_PLATFORMS": "cpu"}
+  assert cpu_tuning.apply(env) == () and "XLA_FLAGS" not in env
 
 
 def test_a_users_own_value_wins_and_accelerators_are_left_alone():
