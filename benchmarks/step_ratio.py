@@ -37,7 +37,8 @@ from a3_jax.grouping import parse_curriculum
 from a3_jax.train_step import TrainConfig, init_state, make_train_step, state_shardings
 
 _PRESET = flags.DEFINE_string("preset", "small", "model preset")
-_MODEL = flags.DEFINE_multi_string("model", [], "preset override NAME=INT, e.g. vocab_size=8192")
+_MODEL = flags.DEFINE_multi_string("model", [], "preset override NAME=INT|true|false, e.g. "
+                                    "vocab_size=8192")
 _BATCH = flags.DEFINE_integer("batch", 8, "rows per step")
 _SEQ = flags.DEFINE_integer("seq_len", 256, "tokens per row")
 _ITERS = flags.DEFINE_integer("iters", 10, "timed steps per system")
@@ -151,7 +152,8 @@ def _time_one(step, state):
 
 
 def main(_):
-  overrides = {k: int(v) for k, v in (m.split("=") for m in _MODEL.value)}
+  overrides = {k: (v.lower() == "true" if v.lower() in ("true", "false") else int(v))
+               for k, v in (m.split("=") for m in _MODEL.value)}
   cfg = get_preset(_PRESET.value, scan_layers=_SCAN.value, **overrides)
   # XLA's cost analysis counts a while-loop body once: FLOPs from the unrolled form.
   flop_cfg = cfg.replace(scan_layers=False)

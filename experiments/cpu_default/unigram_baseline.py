@@ -1,4 +1,5 @@
-"""Unigram NLL per token on the validation batches that the default a3-train evaluates.
+"""Unigram NLL per token and per character on the validation batches that the default
+a3-train evaluates.
 
 The floor a useful model must beat: token frequencies of the training split
 (add-one smoothed), scored on exactly the tokens of `trainer.evaluate`.
@@ -16,7 +17,7 @@ from absl import app, flags
 
 from a3_jax.data.pipeline import make_eval_batches
 from a3_jax.data.sources import make_source
-from a3_jax.tokenizer import load_tokenizer
+from a3_jax.tokenizer import load_tokenizer, token_char_lengths
 from a3_jax.metrics import read_metrics
 from a3_jax.trainer import Job
 
@@ -34,7 +35,10 @@ def main(_):
   batches = make_eval_batches(job.data, tokenizer, seq_len=job.seq_len, split="validation",
                               batch_size=job.batch_size, max_batches=job.eval_batches)
   tokens = np.concatenate([b["tokens"][b["segment_ids"] != 0] for b in batches])
-  result = {"unigram_nll": float(-logp[tokens].mean()), "eval_tokens": int(tokens.size)}
+  chars = int(token_char_lengths(tokenizer, tokenizer.vocab_size)[tokens].sum())
+  result = {"unigram_nll": float(-logp[tokens].mean()),
+            "unigram_nll_per_char": float(-logp[tokens].sum() / chars),
+            "eval_tokens": int(tokens.size), "eval_chars": chars}
   valid = [r for r in read_metrics(_WORKDIR.value) if r.get("split") == "validation"]
   if valid:
     result.update({k: v for k, v in valid[-1].items() if k.startswith("nll_") or k == "step"})
