@@ -9,7 +9,12 @@
 --max_new_tokens appends that many more (a prompt without blanks stops at EOS). Known
 tokens form group 0. --decoder=group decodes the blanks in groups of
 --group_size (--order l2r or random); --decoder=dynamic commits the
---commit_per_step best blanks per step by --criterion. Prints each sample's
+--commit_per_step best blanks per step by --criterion; --decoder=speculative
+samples one token at a time in --order (exactly group decoding with
+--group_size=1 in distribution) while drafting and verifying --draft_size
+tokens per model call. `<blank:MIN-MAX>` is a blank of unknown length: every
+length is scored by log p(text after | text before, length) in one pass, plus
+--length_prior, and the best is filled. Prints each sample's
 text and exact log-probability (of the generated tokens under the grouping
 they were generated in); --show_order adds the step each token was committed
 in; --json prints one JSON object per sample instead.
@@ -25,9 +30,11 @@ import numpy as np
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.decoding import dynamic as decode_dynamic, group as decode
+from a3_jax.decoding import (blank_length, dynamic as decode_dynamic, group as decode,
+                             speculative)
 from a3_jax.convert.loader import load_model
-from a3_jax.decoding.prompt import format_sample, parse_prompt, render
+from a3_jax.decoding.prompt import (format_sample, parse_length_template, parse_prompt,
+                                   render)
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
@@ -36,11 +43,14 @@ flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
 flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
 flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate")
 flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt")
-flags.DEFINE_string("decoder", "group", "group | dynamic")
+flags.DEFINE_string("decoder", "group", "group | dynamic | speculative")
 flags.DEFINE_string("form", "cached", "cached (KV cache) | recompute (the authors' form: "
                     "committed tokens as one group, full re-run per step)")
 flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group")
-flags.DEFINE_string("order", "l2r", "group decoder: l2r | random")
+flags.DEFINE_string("order", "l2r", "group and speculative decoders: l2r | random")
+flags.DEFINE_integer("draft_size", 4, "speculative decoder: tokens drafted and verified per call")
+flags.DEFINE_string("length_prior", "uniform", "<blank:MIN-MAX>: log prior over its lengths, "
+                    "uniform | poisson:MEAN")
 flags.DEFINE_string("criterion", "confidence", "dynamic decoder: " + " | ".join(
     decode_dynamic.CRITERIA))
 flags.DEFINE_integer("commit_per_step", 1, "dynamic decoder: blanks committed per step")
@@ -56,7 +66,7 @@ flags.DEFINE_integer("num_samples", 1, "independent samples")
 flags.DEFINE_bool("json", False, "one JSON object per sample")
 flags.DEFINE_bool("show_order", False, "show the step each generated token was committed in")
 
-DECODERS = ("group", "dynamic")
+DECODERS = ("group", "dynamic", "speculative")
 
 
 def _check_flags() -> None:
@@ -75,7 +85,7 @@ def _check_flags() -> None:
   if F.criterion not in decode_dynamic.CRITERIA:
     raise UserError(f"unknown --criterion {F.criterion!r}; choose one of "
                      f"{decode_dynamic.CRITERIA}")
-  for name in ("commit_per_step", "num_samples"):
+  for name in ("commit_per_step", "num_samples", "draft_size"):
     if getattr(F, name) < 1:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
   for name in ("max_new_tokens", "block_size"):
@@ -84,6 +94,7 @@ def _check_flags() -> None:
   if not 0.0 <= F.threshold <= 1.0:
     raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
+  blank_length.log_prior(F.length_prior, [1])  # validates
 
 
 def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
@@ -93,6 +104,11 @@ def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
   known = np.broadcast_to(known_T, tokens.shape)
   common = dict(sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed,
                 eos_id=eos_id, pad_id=max(tokenizer.pad_id, 0), form=F.form)
+  if F.decoder == "speculative":
+    order = decode.schedule(known, order=F.order, group_size=1, seed=F.seed)
+    common.pop("form")
+    return speculative.decode_speculative(params, config, tokens, order,
+                                          draft_size=F.draft_size, **common)
   if F.decoder == "group":
     groups = decode.schedule(known, order=F.order, group_size=F.group_size, seed=F.seed)
     return decode.decode_groups(params, config, tokens, groups, **common)
@@ -107,7 +123,17 @@ def main(argv):
       raise UserError(f"unexpected arguments: {argv[1:]}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-    tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
+    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens)
+    choice = None
+    if template is None:
+      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
+    else:
+      choice = blank_length.choose_length(params, config, template, F.length_prior)
+      tokens_T, known_T = template.fill(choice.chosen)
+      if not F.json:
+        print(f"blank length {choice.chosen} chosen from {template.lengths.start}-"
+              f"{template.lengths.stop - 1}: " + "  ".join(
+                  f"{n}:{t:.2f}" for n, t in zip(choice.lengths, choice.total)), flush=True)
     if len(tokens_T) > config.max_seq_len:
       raise UserError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
                        f"model's maximum of {config.max_seq_len}")
@@ -119,6 +145,10 @@ def main(argv):
     for i in range(F.num_samples):
       sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
                       out.logprob[i])
+      if hasattr(out, "calls"):
+        sample["model_calls"] = int(out.calls[i])
+      if choice is not None:
+        sample["length_choice"] = choice.as_json()
       if F.json:
         print(json.dumps({"sample": i, **sample}), flush=True)
       else:
