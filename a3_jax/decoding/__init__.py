@@ -7,7 +7,8 @@
 - `speculative`: any-subset speculative decoding (exactly the one-at-a-time
   distribution, several tokens per model call);
 - `sampling`: temperature / top-k / top-p with per-(seed, row, step, position) keys;
-- `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text.
+- `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text;
+- `samples`: n samples of one prompt with a chosen decoder (what a3-generate runs).
 """
 
 from a3_jax.decoding.cache import KVCache
