@@ -102,6 +102,7 @@ def _check_exact(params, joint, n, draft_sizes, seed):
     np.testing.assert_array_equal(out.tokens[:, KNOWN], tokens[:, KNOWN])
     np.testing.assert_array_equal(out.groups, order)  # singleton groups in sigma order
     np.testing.assert_allclose(out.logprob, joint[rows, cells], atol=2e-4)
+    assert (out.calls <= len(BLANKS)).all()  # a call commits at least one token
     assert out.calls.sum() < n * len(BLANKS)  # more than one token per call on average
     for name, half in halves.items():
       p = _chi_square_p(cells[half], probs[half])
