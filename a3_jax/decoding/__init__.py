@@ -8,6 +8,7 @@
   distribution, several tokens per model call);
 - `sampling`: temperature / top-k / top-p with per-(seed, row, step, position) keys;
 - `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text;
+- `blank_length`: the length of a `<blank:MIN-MAX>`, scored for every candidate in one pass;
 - `samples`: n samples of one prompt with a chosen decoder (what a3-generate runs).
 """
 
