@@ -8,7 +8,7 @@ one token at a time in --orders (l2r, or a random order per row over the
 blanks). For batch sizes 1 and 8 it times sequential cached decoding
 (`decode_groups`, singleton groups: one model call per token) and speculative
 decoding at each draft size K, all on the same prompts and keys, in one run:
-generated tokens/s (median of --repeats after one compile-and-run), committed
+generated tokens/s (median of --repeats interleaved runs after one compile-and-run each), committed
 tokens per model call, and the acceptance rate of each draft slot j >= 1 (how
 often a verification that reached slot j accepted it).
 
@@ -20,6 +20,7 @@ Last line: one JSON object; headline `tokens_per_call_k4` and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -47,7 +48,7 @@ flags.DEFINE_list("batch_sizes", ["1", "8"], "batch sizes")
 flags.DEFINE_list("draft_sizes", ["2", "4", "8"], "draft sizes K")
 flags.DEFINE_list("orders", ["l2r", "random"], "orders over the blanks")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature of draft and target")
-flags.DEFINE_integer("repeats", 3, "timed runs per figure (median reported)")
+flags.DEFINE_integer("repeats", 5, "timed runs per figure (median reported)")
 flags.DEFINE_bool("quick", False, "1 timed run, batch 1 and K = 4 only")
 flags.DEFINE_string("compile_cache", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"),
                     "persistent XLA compilation cache (compile time is not measured)")
@@ -78,14 +79,17 @@ def _prompts(tokenizer, batch, prompt, new_tokens):
   return tokens, known
 
 
-def _timed(fn, repeats):
-  out = jax.block_until_ready(fn())  # compile and run once
-  times = []
+def _timed(fns, repeats):
+  """Median seconds of each function, runs interleaved (load drifts hit all alike);
+  returns ({name: output}, {name: seconds})."""
+  outs = {name: jax.device_get(jax.block_until_ready(fn())) for name, fn in fns.items()}
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return jax.device_get(out), statistics.median(times)
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return outs, {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv):
@@ -105,17 +109,20 @@ def main(argv):
     for order_name in FLAGS.orders:
       order = decode.schedule(known, order=order_name, group_size=1, seed=1)
       generated = int((order > 0).sum())
-      _, seconds = _timed(lambda: decode.decode_groups(params, cfg, tokens, order,
-                                                       sampler=sampler, seed=0), repeats)
-      base_rate = generated / seconds
+      fns = {0: lambda: decode.decode_groups(params, cfg, tokens, order, sampler=sampler,
+                                             seed=0)}
+      for k in draft_sizes:
+        fns[k] = functools.partial(speculative.decode_speculative, params, cfg, tokens, order,
+                                   draft_size=k, sampler=sampler, seed=0)
+      outs, seconds = _timed(fns, repeats)
+      base_rate = generated / seconds[0]
       tag = f"b{b}_{order_name}"
       results[f"{tag}_sequential_tokens_per_s"] = round(base_rate, 1)
       print(f"batch {b} {order_name:6s} sequential     : {base_rate:8.1f} tokens/s  "
             f"1.00 tokens/call", flush=True)
       for k in draft_sizes:
-        out, seconds = _timed(lambda: speculative.decode_speculative(
-            params, cfg, tokens, order, draft_size=k, sampler=sampler, seed=0), repeats)
-        rate = generated / seconds
+        out = outs[k]
+        rate = generated / seconds[k]
         per_call = generated / int(out.calls.sum())
         reached, accepted = out.reached.sum(axis=0)[1:], out.accepted.sum(axis=0)[1:]
         acceptance = [round(float(a / r), 3) if r else None for a, r in zip(accepted, reached)]
