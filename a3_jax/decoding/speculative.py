@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -337,8 +338,12 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
       accepted=jnp.zeros((b, k), jnp.int32))
   state = prefill(state)
   state = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.call <= n + 1), step, state)
-  return SpeculativeResult(state.tokens, state.groups, state.logprob, state.length,
-                           state.calls, state.reached, state.accepted)
+  result = SpeculativeResult(state.tokens, state.groups, state.logprob, state.length,
+                             state.calls, state.reached, state.accepted)
+  chex.assert_shape([result.tokens, result.groups], (b, t))
+  chex.assert_shape([result.logprob, result.length, result.calls], (b,))
+  chex.assert_shape([result.reached, result.accepted], (b, k))
+  return result
 
 
 def _scatter(x_BxT, pos_BxK, take_BxK, values):
