@@ -100,7 +100,8 @@ def render(tokenizer, tokens_T, groups_T, length: int, logprob: float) -> dict:
 def format_sample(index: int, sample: dict, show_order: bool) -> str:
   lines = [f"--- sample {index} ---", sample["text"],
            f"log p = {sample['logprob']:.4f} ({sample['generated_tokens']} generated tokens, "
-           f"{len(sample['steps'])} steps)"]
+           f"{len(sample['steps'])} steps" + (f", {sample['model_calls']} model calls)"
+                                              if "model_calls" in sample else ")")]
   if show_order:
     for step in sample["steps"]:
       lines.append(f"step {step['step']:>3}: " + "  ".join(
