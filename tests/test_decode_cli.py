@@ -49,11 +49,11 @@ def test_group_decoder_text_with_order(export_dir):
 
 @pytest.mark.slow
 def test_speculative_with_blank_of_unknown_length(export_dir):
-  proc = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:2-5> and foul",
-                   "--decoder=speculative", "--draft_size=3", "--order=random",
-                   "--length_prior=poisson:3", "--num_samples=2", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  samples = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  code, out, err = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:2-5> and foul",
+                             "--decoder=speculative", "--draft_size=3", "--order=random",
+                             "--length_prior=poisson:3", "--num_samples=2", "--json")
+  assert code == 0, err[-2000:]
+  samples = [json.loads(line) for line in out.strip().splitlines()]
   choice = samples[0]["length_choice"]
   assert [c["length"] for c in choice["candidates"]] == [2, 3, 4, 5]
   best = max(choice["candidates"], key=lambda c: c["total"])
