@@ -24,6 +24,9 @@ def user_errors(program: str):
     yield
   except UserError as e:
     _fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except KeyboardInterrupt:
+    print(f"{program}: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _parse_flags(argv):

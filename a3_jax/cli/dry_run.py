@@ -22,13 +22,45 @@ flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product
 flags.DEFINE_bool("compile", False, "also compile the train step and report its memory")
 
 
+def _mesh_devices(spec: str) -> int:
+  """Devices a mesh spec names (8 when an axis is -1); malformed specs: UserError."""
+  from a3_jax.sharding import parse_mesh_spec
+  try:
+    sizes = [int(item.partition(":")[2]) for item in spec.split(",") if item.strip()]
+  except ValueError:
+    parse_mesh_spec(spec, 1)  # raises the malformed-spec message
+    raise
+  if -1 in sizes:
+    return 8
+  if any(size < 1 for size in sizes):
+    parse_mesh_spec(spec, 1)
+  return math.prod(sizes)
+
+
 def _device_count(argv) -> int:
-  """Parses --devices / --mesh early: the CPU backend must know them before it starts."""
-  flags.FLAGS(argv, known_only=True)
-  if flags.FLAGS.devices:
-    return flags.FLAGS.devices
-  sizes = [int(item.partition(":")[2]) for item in flags.FLAGS.mesh.split(",") if item.strip()]
-  return 8 if -1 in sizes else math.prod(sizes)
+  """Parses the flags early: the CPU backend must know the device count before it starts,
+  and a job that cannot fit its mesh is refused before thousands of fake devices exist."""
+  from a3_jax.cli.train import job_from_flags
+  from a3_jax.sharding import parse_mesh_spec
+  from a3_jax.trainer import check_numbers
+  try:
+    flags.FLAGS(argv, known_only=True)
+  except UnicodeDecodeError as e:
+    raise UserError(f"--flagfile is not a text file ({e.reason} at byte {e.start})") from None
+  except OSError as e:
+    raise UserError(f"--flagfile: {e}") from None
+  F = flags.FLAGS
+  if F.devices is not None and F.devices < 1:
+    raise UserError(f"--devices must be >= 1, got {F.devices}")
+  count = F.devices or _mesh_devices(F.mesh)
+  sizes = parse_mesh_spec(F.mesh, count)
+  job = job_from_flags()
+  check_numbers(job)
+  rows = sizes["data"] * sizes["fsdp"]
+  if job.batch_size % (rows * job.train.grad_accum):
+    raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
+                    f"({rows}) * grad_accum ({job.train.grad_accum})")
+  return count
 
 
 def report(job, compile_step: bool) -> dict:
@@ -97,7 +129,11 @@ def main(argv):
 def entry():
   import a3_jax.cli.train  # noqa: F401  (defines the training flags the flag files use)
   from a3_jax.cli import common as cli
-  count = _device_count(sys.argv)
+  with cli.user_errors("a3-dry-run"):
+    try:
+      count = _device_count(sys.argv)
+    except flags.Error as e:
+      raise UserError(str(e).splitlines()[0].replace("ERROR:: ", "")) from None
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.config.update("jax_num_cpu_devices", count)

@@ -14,6 +14,7 @@ from a3_jax.checkpoint import restore_params
 from a3_jax.config import ModelConfig
 from a3_jax.export import save_export, tokenizer_file
 from a3_jax.errors import UserError
+from a3_jax.rundir import check_out_dir
 
 F = flags.FLAGS
 flags.DEFINE_string("workdir", None, "training run directory (holds checkpoints/)")
@@ -27,8 +28,11 @@ flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
 
 def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
                step: int | None = None) -> str:
+  if not os.path.exists(workdir):
+    raise UserError(f"--workdir={workdir} does not exist")
   if not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} does not exist")
+    raise UserError(f"--workdir={workdir} is a file, not a training run directory")
+  check_out_dir(out)
   params, meta, step = restore_params(workdir, step)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)

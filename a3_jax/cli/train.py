@@ -51,6 +51,9 @@ flags.DEFINE_integer("save_every", _D.save_every, "steps between checkpoints")
 flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "checkpoints kept")
 flags.DEFINE_string("init_from", None, "start from pretrained weights: hf:DIR | gguf:FILE | EXPORT_DIR")
 flags.DEFINE_integer("worker_count", _D.worker_count, "grain worker processes for tokenization")
+flags.DEFINE_bool("skip_nonfinite", _D.skip_nonfinite,
+                  "skip a batch whose loss or gradient norm is not finite (counted in metrics as "
+                  "skipped_nonfinite) instead of stopping the run")
 
 
 def job_from_flags() -> Job:
