@@ -50,8 +50,7 @@ def open_manager(workdir: str) -> ocp.CheckpointManager:
   directory = checkpoint_dir(workdir)
   if not directory.is_dir():
     raise UserError(f"--workdir={workdir} holds no checkpoints/ (not a training run?)")
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True,
-                                         save_interval_steps=0, max_to_keep=None)
+  options = ocp.CheckpointManagerOptions(create=False)  # read_only=True only adds a warning
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
 
 
@@ -91,8 +90,7 @@ def _error_text(error: BaseException) -> str:
   return "\n".join(reversed(parts))
 
 
-def intact_step(manager: ocp.CheckpointManager, load, newest: int | None = None,
-                warn: bool = True):
+def intact_step(manager: ocp.CheckpointManager, load, newest: int | None = None):
   """(step, load(step)) of the newest step at or below `newest` that `load` reads
   without error, and [(step, what is damaged)] of the newer ones that failed.
 
@@ -109,9 +107,6 @@ def intact_step(manager: ocp.CheckpointManager, load, newest: int | None = None,
     except Exception as e:  # orbax, tensorstore and json errors of a damaged file
       what = describe_damage(manager.directory / str(step), e)
       damaged.append((step, what))
-      if warn:
-        print(f"warning: checkpoint step {step} in {manager.directory} is damaged: {what}",
-              file=sys.stderr, flush=True)
   return None, None, damaged
 
 
@@ -199,8 +194,7 @@ def restore_params(workdir: str, step: int | None = None):
     raise UserError(f"--step={step}: no such checkpoint under {checkpoint_dir(workdir)} "
                     f"(steps: {sorted(steps)})")
   wanted = max(steps) if step is None else step
-  found, loaded, damaged = intact_step(manager, lambda s: _read_params(manager, s), wanted,
-                                       warn=False)
+  found, loaded, damaged = intact_step(manager, lambda s: _read_params(manager, s), wanted)
   if damaged:
     hint = (f"the newest intact step is {found}: pass --step={found}" if found is not None
             else "no older step is intact")

@@ -251,6 +251,8 @@ def _resume(job: Job, tc: TrainConfig, mesh, model_config, shardings, data_iter)
                     + "; ".join(f"step {s}: {w}" for s, w in damaged)
                     + "); move checkpoints/ away to start over")
   if damaged:
+    for bad, what in damaged:
+      _warn(f"checkpoint step {bad} in {manager.directory} is damaged: {what}")
     manager.close()
     ckpt.set_aside(job.workdir, [s for s, _ in damaged])
     manager = ckpt.make_manager(job.workdir, job.max_to_keep)
@@ -337,8 +339,8 @@ def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, 
       if metrics.pop("nonfinite"):  # the step kept the old params and optimizer state
         if not job.skip_nonfinite:
           raise UserError(
-              f"step {step + 1}: loss {float(metrics['loss'])} / grad norm "
-              f"{float(metrics['grad_norm'])} is not finite; the update was not applied and "
+              f"step {step + 1}: non-finite loss or gradient norm (loss {float(metrics['loss']):.4g}"
+              f", grad norm {float(metrics['grad_norm']):.4g}); the update was not applied and "
               f"the run stops (last checkpoint: step {last_saved or 'none'}); lower --lr, or "
               "pass --skip_nonfinite to skip such batches")
         skipped += 1

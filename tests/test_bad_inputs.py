@@ -1,0 +1,404 @@
+"""Bad inputs, damaged files and signals: one line on stderr, exit code 2, nothing changed.
+
+Every probe runs in-process through the library function a console script calls,
+inside the scripts' own `user_errors` wrapper, and compares a digest of the
+workdir / output directory before and after. One tiny run (trained once, exported
+once, per module) feeds them all. Flag-parsing probes of a3-train and a3-dry-run
+(whose flags cannot share a process with a3-export's) run in one subprocess.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cli_helpers import subprocess_env
+
+from a3_jax import rundir
+from a3_jax.checkpoint import restore_params
+from a3_jax.cli import convert as convert_cli
+from a3_jax.cli.common import user_errors
+from a3_jax.cli.export import export_run
+from a3_jax.plot import plot_run
+from a3_jax.convert.loader import load_model
+from a3_jax.decoding.prompt import parse_prompt
+from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.metrics import read_metrics
+from a3_jax.tokenizer import load_tokenizer
+from a3_jax.train_step import TrainConfig
+from a3_jax.trainer import Job, _Preemption, run
+
+STEPS = 2
+JOB = Job(workdir="", preset="tiny", steps=STEPS, batch_size=8, seq_len=32, eval_batches=1,
+          curriculum="ar:1,perm:4:2", eval_every=100, save_every=1, mesh="data:-1",
+          train=TrainConfig(lr=1e-3, warmup_steps=1))
+
+
+def digest(path) -> str:
+  """Names and bytes of every file under path (or of the file itself)."""
+  h = hashlib.sha256()
+  path = str(path)
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files) + [d + "/" for d in dirs]:
+      full = os.path.join(root, name)
+      h.update(os.path.relpath(full, path).encode())
+      if os.path.isfile(full):
+        with open(full, "rb") as f:
+          h.update(f.read())
+  return h.hexdigest()
+
+
+def refused(capsys, program, call, message, *unchanged):
+  """Runs call() as console script `program` would: exit 2, one line naming `message`,
+  and every path in `unchanged` byte-identical (an absent one stays absent)."""
+  before = [(p, os.path.exists(p) and digest(p)) for p in map(str, unchanged)]
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info, user_errors(program):
+    call()
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert exit_info.value.code == 2, err
+  assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), err
+  assert message in lines[0], lines[0]
+  for path, was in before:
+    assert (os.path.exists(path) and digest(path)) == was, f"{path} changed"
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+  """One tiny run (STEPS steps, a checkpoint per step), its export and its HF export."""
+  root = tmp_path_factory.mktemp("bad_inputs")
+  workdir = str(root / "run")
+  run(dataclasses.replace(JOB, workdir=workdir))
+  export = export_run(workdir, str(root / "export"))
+  hf = export_run(workdir, str(root / "hf"), fmt="hf")
+  return {"root": root, "run": workdir, "export": export, "hf": hf}
+
+
+def copy_of(made, name, tmp_path):
+  target = str(tmp_path / name)
+  shutil.copytree(made[name], target)
+  return target
+
+
+def job(workdir, **changes):
+  return dataclasses.replace(JOB, workdir=str(workdir), **changes)
+
+
+def largest_file(directory):
+  return max(glob.glob(os.path.join(directory, "**", "*"), recursive=True), key=os.path.getsize)
+
+
+# a3-train: what a workdir may be --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("export", "holds an a3_jax export"),
+    ("hf", "holds a model checkpoint"),
+    ("unrelated", "not empty and not a training run directory"),
+    ("file", "is a file, not a directory"),
+])
+def test_train_refuses_a_workdir_that_holds_something_else(made, tmp_path, capsys, kind, message):
+  if kind in ("export", "hf"):
+    workdir = copy_of(made, kind, tmp_path)
+  elif kind == "unrelated":
+    workdir = tmp_path / "notes"
+    workdir.mkdir()
+    (workdir / "thesis.tex").write_text("mine")
+  else:
+    workdir = tmp_path / "file"
+    workdir.write_text("not a directory")
+  refused(capsys, "a3-train", lambda: run(job(workdir)), message, workdir)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_train_and_export_refuse_read_only_directories(made, tmp_path, capsys):
+  locked_dir = tmp_path / "ro"
+  locked_dir.mkdir()
+  os.chmod(locked_dir, 0o555)
+  try:
+    refused(capsys, "a3-train", lambda: run(job(locked_dir / "run")), "not writable", locked_dir)
+    refused(capsys, "a3-export", lambda: export_run(made["run"], str(locked_dir / "out")),
+            "not writable", locked_dir)
+  finally:
+    os.chmod(locked_dir, 0o755)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(max_to_keep=0), "--max_to_keep must be >= 1"),
+    (dict(eval_batches=0), "--eval_batches must be >= 1"),
+    (dict(steps=-5), "--steps must be >= 1"),
+    (dict(save_every=0), "--save_every must be >= 1"),
+])
+def test_train_refuses_out_of_range_counts(tmp_path, capsys, changes, message):
+  refused(capsys, "a3-train", lambda: run(job(tmp_path / "run", **changes)), message,
+          tmp_path / "run")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", float("nan"), "--lr must be a finite number > 0, got nan"),
+    ("lr", float("inf"), "--lr must be a finite number > 0, got inf"),
+    ("lr", -1.0, "--lr must be a finite number > 0, got -1.0"),
+    ("clip_norm", float("nan"), "--clip_norm must be a finite number > 0"),
+    ("weight_decay", float("-inf"), "--weight_decay must be a finite number >= 0"),
+    ("z_loss", float("nan"), "--z_loss must be a finite number >= 0"),
+    ("total_steps", -5, "--steps must be >= 1, got -5"),
+])
+def test_train_refuses_non_finite_and_out_of_range_numbers(capsys, field, value, message):
+  refused(capsys, "a3-train", lambda: TrainConfig(**{field: value}), message)
+
+
+# a3-train: the lock, re-runs, damaged checkpoints and metrics ------------------------------
+
+
+def test_a_workdir_in_use_is_refused_untouched(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  with open(os.path.join(workdir, rundir.LOCK_NAME), "w") as f:
+    json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)  # a live holder
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          f"is in use by pid {os.getpid()}", workdir)
+
+
+def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  before = digest(workdir)
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  lock = os.path.join(workdir, rundir.LOCK_NAME)
+  with open(lock, "w") as f:
+    json.dump({"pid": dead.pid, "host": socket.gethostname()}, f)
+  capsys.readouterr()
+  assert run(job(workdir)) == {}
+  out, err = capsys.readouterr()
+  assert "nothing to do" in out and f"stale lock {lock} of pid {dead.pid}" in err
+  assert not os.path.exists(lock) and digest(workdir) == before
+
+
+def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  with open(largest_file(os.path.join(workdir, "checkpoints", str(STEPS), "state")), "r+b") as f:
+    f.truncate(100)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 3, "lo')  # a crash mid-write
+  line = refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
+                 f"checkpoint step {STEPS} in", workdir, tmp_path / "out")
+  assert "is truncated" in line and f"pass --step={STEPS - 1}" in line
+  run(job(workdir, steps=STEPS + 1))
+  err = capsys.readouterr().err
+  assert f"checkpoint step {STEPS} in" in err and "is damaged" in err
+  assert f"resuming from step {STEPS - 1}" in err and "dropped the torn last line" in err
+  assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", str(STEPS)))
+  losses = {r["step"]: r["loss"] for r in read_metrics(workdir) if "split" not in r}
+  original = {r["step"]: r["loss"] for r in read_metrics(made["run"]) if "split" not in r}
+  assert sorted(losses) == list(range(1, STEPS + 2))
+  assert all(losses[s] == original[s] for s in original)  # the redone step is bit-identical
+
+
+def test_every_checkpoint_damaged_is_refused_never_restarted(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  for meta in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata")):
+    open(meta, "w").close()
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          "every checkpoint in", workdir)
+  refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
+          "file meta/metadata is empty", workdir, tmp_path / "out")
+
+
+def test_a_bad_metrics_line_is_refused_and_plot_tolerates_a_torn_one(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  with open(metrics, "a") as f:
+    f.write('{"step": 9, "loss": 1')  # torn
+  png = plot_run(workdir, str(tmp_path / "curves.png"))
+  assert os.path.getsize(png) > 0 and "dropped the torn last line" in capsys.readouterr().err
+  with open(metrics, "a") as f:
+    f.write('}\n{"loss": 2.0}\n')  # no step
+  refused(capsys, "a3-plot", lambda: plot_run(workdir, str(tmp_path / "c2.png")),
+          "line 5: not a metrics record", workdir)
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)), "metrics.jsonl, line 5",
+          workdir)
+  with open(metrics, "wb") as f:
+    f.write(b'{"step": 1}\n\xff\xfe\n')
+  refused(capsys, "a3-plot", lambda: plot_run(workdir, str(tmp_path / "c3.png")),
+          "metrics.jsonl is not UTF-8", workdir)
+  refused(capsys, "a3-plot", lambda: plot_run(metrics), "is not a directory", workdir)
+
+
+def test_non_finite_steps_are_never_applied_nor_checkpointed(tmp_path, capsys):
+  stop, skip = tmp_path / "stop", tmp_path / "skip"
+  huge = TrainConfig(lr=1e30, warmup_steps=1)  # params ~1e30 after one step: inf/NaN next
+  line = refused(capsys, "a3-train", lambda: run(job(stop, steps=4, train=huge)),
+                 "non-finite loss or gradient norm")
+  assert line.split("error: step ")[1].split(":")[0] == "3" and "--skip_nonfinite" in line
+  run(job(skip, steps=4, train=huge, skip_nonfinite=True))
+  records = [r for r in read_metrics(str(skip)) if "split" not in r]
+  assert records[-1]["skipped_nonfinite"] == 2
+  for workdir, step in ((stop, 2), (skip, 4)):
+    params, _, saved = restore_params(str(workdir))
+    assert saved == step
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_sigint_requests_a_save_like_sigterm():
+  preemption = _Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.reached(1) and preemption.signal_name == "SIGINT"
+  finally:
+    preemption.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# a3-export, a3-eval, a3-generate: exports and checkpoints ----------------------------------
+
+
+def test_export_refuses_bad_workdirs_and_outputs(made, tmp_path, capsys):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  out = tmp_path / "out"
+  refused(capsys, "a3-export", lambda: export_run(str(empty), str(out)), "holds no checkpoints/",
+          empty, out)
+  refused(capsys, "a3-export", lambda: export_run(str(a_file), str(out)), "is a file", a_file, out)
+  refused(capsys, "a3-export", lambda: export_run(made["run"], str(a_file)),
+          "--out=", a_file, made["run"])
+  refused(capsys, "a3-export", lambda: export_run(made["run"], made["export"]),
+          "exists and is not empty", made["export"], made["run"])
+  refused(capsys, "a3-export", lambda: export_run(made["run"], str(out), step=99),
+          "--step=99: no such checkpoint", made["run"], out)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("params", "is damaged: params/"),
+    ("config", "config.json is not a readable model config"),
+])
+def test_a_damaged_export_is_named_for_generate_and_eval(made, tmp_path, capsys, damage, message):
+  export = copy_of(made, "export", tmp_path)
+  if damage == "params":
+    with open(largest_file(os.path.join(export, "params")), "r+b") as f:
+      f.truncate(10)
+  else:
+    with open(os.path.join(export, "config.json"), "w") as f:
+      f.write('{"d_model": ')
+  line = refused(capsys, "a3-generate", lambda: load_model(export), message, export)
+  assert "hf:" not in line
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a <blank:999999999999> b", "more than the model's maximum of 256"),
+    ("caf\udcc3 <blank:2>", "--prompt is not valid UTF-8"),
+    ("a <blank:-1>", "malformed blank"),
+])
+def test_generate_refuses_bad_prompts(capsys, prompt, message):
+  tokenizer = load_tokenizer()
+  refused(capsys, "a3-generate", lambda: parse_prompt(prompt, tokenizer, 0, 256), message)
+
+
+@pytest.mark.parametrize("sampler, message", [
+    (dict(temperature=float("nan")), "--temperature must be a finite number"),
+    (dict(temperature=float("inf")), "--temperature must be a finite number"),
+    (dict(top_p=float("nan")), "--top_p must be in (0, 1]"),
+    (dict(top_k=-1), "--top_k must be >= 0"),
+])
+def test_generate_refuses_non_finite_sampling_flags(capsys, sampler, message):
+  refused(capsys, "a3-generate", lambda: SamplerConfig(**sampler), message)
+
+
+def test_eval_names_bad_text_files(tmp_path, capsys):
+  from a3_jax.cli.eval import read_texts
+  binary = tmp_path / "bad.txt"
+  binary.write_bytes(b"\xff\xfe\x00 not text")
+  refused(capsys, "a3-eval", lambda: read_texts(str(tmp_path)), "is a directory", tmp_path)
+  refused(capsys, "a3-eval", lambda: read_texts(str(binary)), f"--text_file={binary} is not UTF-8")
+
+
+# a3-convert, a3-plot -----------------------------------------------------------------------
+
+
+def test_convert_names_a_truncated_safetensors_file_and_bad_outputs(made, tmp_path, capsys):
+  hf = copy_of(made, "hf", tmp_path)
+  weights = os.path.join(hf, "model.safetensors")
+  with open(weights, "r+b") as f:
+    f.truncate(os.path.getsize(weights) // 2)
+  out = tmp_path / "out"
+  refused(capsys, "a3-convert", lambda: convert_cli.main([f"--from=hf:{hf}", f"--out={out}"]),
+          f"{weights} is not a readable safetensors file", hf, out)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  refused(capsys, "a3-convert", lambda: convert_cli.main([f"--from=hf:{made['hf']}",
+                                                          f"--out={a_file}"]),
+          "is a file, not a directory", a_file, made["hf"])
+
+
+def test_plot_refuses_an_unwritable_out(made, tmp_path, capsys):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  refused(capsys, "a3-plot", lambda: plot_run(made["run"], str(a_file / "curves.png")),
+          "is not a writable directory", made["run"], a_file)
+
+
+# Flag parsing of a3-train and a3-dry-run (one subprocess) ----------------------------------
+
+FLAG_PROBES = [
+    ("a3_jax.cli.train", ["--lr=nan"], "--lr must be a finite number > 0, got nan"),
+    ("a3_jax.cli.train", ["--max_to_keep=0"], "--max_to_keep must be >= 1"),
+    ("a3_jax.cli.dry_run", ["--flagfile=/nonexistent.flags"], "Unable to open flagfile"),
+    ("a3_jax.cli.dry_run", ["--flagfile=BINARY"], "--flagfile is not a text file"),
+    ("a3_jax.cli.dry_run", ["--mesh=data:abc"], "malformed --mesh=data:abc"),
+    ("a3_jax.cli.dry_run", ["--mesh=data:0"], "malformed --mesh=data:0"),
+    ("a3_jax.cli.dry_run", ["--devices=0"], "--devices must be >= 1, got 0"),
+    ("a3_jax.cli.dry_run", ["--devices=-3"], "--devices must be >= 1, got -3"),
+    ("a3_jax.cli.dry_run", ["--mesh=data:10000"], "must be divisible by data*fsdp (10000)"),
+    ("a3_jax.cli.dry_run", ["--lr=inf"], "--lr must be a finite number > 0, got inf"),
+]
+
+_DRIVER = """
+import contextlib, io, json, sys
+from absl import flags
+import a3_jax.cli.train, a3_jax.cli.dry_run as dry_run
+from a3_jax.cli import common
+results = []
+for module, args in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  sys.argv = ["prog", "--workdir=" + sys.argv[2], *args]
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      dry_run.entry() if module.endswith("dry_run") else common.run_app(a3_jax.cli.train.main)
+      code = 0
+    except SystemExit as e:
+      code = e.code
+  results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def test_flag_parsing_of_train_and_dry_run(tmp_path):
+  binary = tmp_path / "binary.flags"
+  binary.write_bytes(b"\x00\xff\xfe\x01")
+  probes = [(m, [a.replace("BINARY", str(binary)) for a in args]) for m, args, _ in FLAG_PROBES]
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(probes), str(workdir)],
+                        capture_output=True, text=True, env=subprocess_env(), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.splitlines()[-1])
+  for (module, args, message), (code, err) in zip(FLAG_PROBES, results):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
+  assert not workdir.exists()
