@@ -209,14 +209,22 @@ def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, t
   assert all(losses[s] == original[s] for s in original)  # the redone step is bit-identical
 
 
-def test_every_checkpoint_damaged_is_refused_never_restarted(made, tmp_path, capsys):
+@pytest.mark.parametrize("name, damage, message", [
+    ("meta/metadata", "empty", "file meta/metadata is empty"),
+    ("data/process_0-of-1.json", "truncate", "file data/process_0-of-1.json is not valid JSON"),
+])
+def test_every_checkpoint_damaged_is_refused_never_restarted(made, tmp_path, capsys, name,
+                                                             damage, message):
   workdir = copy_of(made, "run", tmp_path)
-  for meta in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata")):
-    open(meta, "w").close()
-  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
-          "every checkpoint in", workdir)
-  refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
-          "file meta/metadata is empty", workdir, tmp_path / "out")
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "*", name)):
+    with open(path, "r+b") as f:
+      f.truncate(0 if damage == "empty" else os.path.getsize(path) // 2)
+  line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+                 "every checkpoint in", workdir)
+  assert f"step {STEPS}: {message}" in line and "step 1: " in line
+  if name.startswith("meta"):  # export reads params and meta, not the data iterator
+    refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
+            message, workdir, tmp_path / "out")
 
 
 def test_a_bad_metrics_line_is_refused_and_plot_tolerates_a_torn_one(made, tmp_path, capsys):
@@ -240,16 +248,17 @@ def test_a_bad_metrics_line_is_refused_and_plot_tolerates_a_torn_one(made, tmp_p
 
 
 def test_non_finite_steps_are_never_applied_nor_checkpointed(tmp_path, capsys):
-  stop, skip = tmp_path / "stop", tmp_path / "skip"
+  workdir = tmp_path / "run"
   huge = TrainConfig(lr=1e30, warmup_steps=1)  # params ~1e30 after one step: inf/NaN next
-  line = refused(capsys, "a3-train", lambda: run(job(stop, steps=4, train=huge)),
+  line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=4, train=huge)),
                  "non-finite loss or gradient norm")
   assert line.split("error: step ")[1].split(":")[0] == "3" and "--skip_nonfinite" in line
-  run(job(skip, steps=4, train=huge, skip_nonfinite=True))
-  records = [r for r in read_metrics(str(skip)) if "split" not in r]
-  assert records[-1]["skipped_nonfinite"] == 2
-  for workdir, step in ((stop, 2), (skip, 4)):
-    params, _, saved = restore_params(str(workdir))
+  assert restore_params(str(workdir))[2] == 2
+  run(job(workdir, steps=4, train=huge, skip_nonfinite=True))  # resumes at 2, skips 3 and 4
+  records = [r for r in read_metrics(str(workdir)) if "split" not in r]
+  assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["skipped_nonfinite"] == 2
+  for step in (2, 4):
+    params, _, saved = restore_params(str(workdir), step)
     assert saved == step
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
@@ -402,3 +411,78 @@ def test_flag_parsing_of_train_and_dry_run(tmp_path):
     lines = [l for l in err.splitlines() if l.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
   assert not workdir.exists()
+
+
+# Signals and crashes, end to end (subprocesses; slow) --------------------------------------
+
+TINY_FLAGS = ["--preset=tiny", "--batch_size=4", "--seq_len=32", "--eval_batches=1",
+              "--curriculum=ar:2,block:2:2,perm:4:4", "--warmup_steps=2", "--eval_every=100"]
+
+
+def _train_cmd(workdir, *extra):
+  return [sys.executable, "-m", "a3_jax.cli.train", f"--workdir={workdir}", *TINY_FLAGS, *extra]
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in read_metrics(str(workdir)) if "split" not in r}
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+  import time
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_train_cmd(workdir, "--steps=100000", "--save_every=100000"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=subprocess_env())
+  deadline = time.time() + 300
+  while len(_losses(workdir)) < 2:
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "Traceback" not in out, out[-2000:]
+  assert "SIGINT: saved step" in out
+  assert restore_params(str(workdir))[2] >= 2 and not (workdir / rundir.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_bit_identical(tmp_path):
+  """A3_KILL_RUNS runs (default 3), each SIGKILLed at a random moment of a run with a
+  checkpoint every step (often mid-save), then resumed to the end: every resume starts
+  from an intact step and ends with the losses and params of an uninterrupted run."""
+  import random
+  import time
+  runs, steps = int(os.environ.get("A3_KILL_RUNS", "3")), 6
+  flags = [f"--steps={steps}", "--save_every=1"]
+  straight = tmp_path / "straight"
+  started = time.time()
+  subprocess.run(_train_cmd(straight, *flags), check=True, capture_output=True,
+                 env=subprocess_env(), timeout=600)
+  duration = time.time() - started
+  expected_params = restore_params(str(straight))[0]
+  rng = random.Random(0)
+  outcomes = []
+  for i in range(runs):
+    workdir = tmp_path / f"killed{i}"
+    proc = subprocess.Popen(_train_cmd(workdir, *flags), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=subprocess_env())
+    time.sleep(rng.uniform(0.2, 0.9) * duration)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()) \
+        if (workdir / "checkpoints").is_dir() else []
+    resumed = subprocess.run(_train_cmd(workdir, *flags), capture_output=True, text=True,
+                             env=subprocess_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    start = next((l.split()[3] for l in resumed.stdout.splitlines()
+                  if l.startswith("resumed from step")), "0")
+    outcomes.append({"run": i, "killed_while_running": alive, "step_dirs_at_kill": saved,
+                     "resumed_from": int(start), "damaged": "is damaged" in resumed.stderr})
+    assert _losses(workdir) == _losses(straight), f"run {i}: {resumed.stdout[-2000:]}"
+    params = restore_params(str(workdir))[0]
+    same = jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                        params, expected_params)
+    assert all(jax.tree.leaves(same)), f"run {i}: params differ"
+  print(json.dumps({"kill_9_runs": outcomes}))
