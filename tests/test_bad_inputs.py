@@ -1,10 +1,10 @@
 """Bad inputs, damaged files and signals: one line on stderr, exit code 2, nothing changed.
 
-Every probe runs in-process through the library function a console script calls,
-inside the scripts' own `user_errors` wrapper, and compares a digest of the
+Every probe runs in-process: a console script's `main(argv)`, or the library function
+it calls inside the script's own `user_errors` wrapper; each compares a digest of the
 workdir / output directory before and after. One tiny run (trained once, exported
-once, per module) feeds them all. Flag-parsing probes of a3-train and a3-dry-run
-(whose flags cannot share a process with a3-export's) run in one subprocess.
+once, per module) feeds them all. Only the signal and kill -9 tests (slow) start
+processes.
 """
 
 import dataclasses
@@ -27,10 +27,17 @@ from cli_helpers import subprocess_env
 from a3_jax import rundir
 from a3_jax.checkpoint import restore_params
 from a3_jax.cli import convert as convert_cli
+from a3_jax.cli import dry_run as dry_run_cli
+from a3_jax.cli import eval as eval_cli
+from a3_jax.cli import export as export_cli
+from a3_jax.cli import generate as generate_cli
+from a3_jax.cli import plot as plot_cli
+from a3_jax.cli import train as train_cli
 from a3_jax.cli.common import user_errors
-from a3_jax.cli.export import export_run
-from a3_jax.plot import plot_run
 from a3_jax.convert.loader import load_model
+from a3_jax.data.text_file import read_texts
+from a3_jax.export import export_run
+from a3_jax.plot import plot_run
 from a3_jax.decoding.prompt import parse_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.metrics import read_metrics
@@ -330,7 +337,6 @@ def test_generate_refuses_non_finite_sampling_flags(capsys, sampler, message):
 
 
 def test_eval_names_bad_text_files(tmp_path, capsys):
-  from a3_jax.cli.eval import read_texts
   binary = tmp_path / "bad.txt"
   binary.write_bytes(b"\xff\xfe\x00 not text")
   refused(capsys, "a3-eval", lambda: read_texts(str(tmp_path)), "is a directory", tmp_path)
@@ -362,55 +368,75 @@ def test_plot_refuses_an_unwritable_out(made, tmp_path, capsys):
           "is not a writable directory", made["run"], a_file)
 
 
-# Flag parsing of a3-train and a3-dry-run (one subprocess) ----------------------------------
-
-FLAG_PROBES = [
-    ("a3_jax.cli.train", ["--lr=nan"], "--lr must be a finite number > 0, got nan"),
-    ("a3_jax.cli.train", ["--max_to_keep=0"], "--max_to_keep must be >= 1"),
-    ("a3_jax.cli.dry_run", ["--flagfile=/nonexistent.flags"], "Unable to open flagfile"),
-    ("a3_jax.cli.dry_run", ["--flagfile=BINARY"], "--flagfile is not a text file"),
-    ("a3_jax.cli.dry_run", ["--mesh=data:abc"], "malformed --mesh=data:abc"),
-    ("a3_jax.cli.dry_run", ["--mesh=data:0"], "malformed --mesh=data:0"),
-    ("a3_jax.cli.dry_run", ["--devices=0"], "--devices must be >= 1, got 0"),
-    ("a3_jax.cli.dry_run", ["--devices=-3"], "--devices must be >= 1, got -3"),
-    ("a3_jax.cli.dry_run", ["--mesh=data:10000"], "must be divisible by data*fsdp (10000)"),
-    ("a3_jax.cli.dry_run", ["--lr=inf"], "--lr must be a finite number > 0, got inf"),
-]
-
-_DRIVER = """
-import contextlib, io, json, sys
-from absl import flags
-import a3_jax.cli.train, a3_jax.cli.dry_run as dry_run
-from a3_jax.cli import common
-results = []
-for module, args in json.loads(sys.argv[1]):
-  flags.FLAGS.unparse_flags()
-  sys.argv = ["prog", "--workdir=" + sys.argv[2], *args]
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
-    try:
-      dry_run.entry() if module.endswith("dry_run") else common.run_app(a3_jax.cli.train.main)
-      code = 0
-    except SystemExit as e:
-      code = e.code
-  results.append([code, err.getvalue()])
-print(json.dumps(results))
-"""
+# Every console script's main, in-process ----------------------------------------------------
 
 
-def test_flag_parsing_of_train_and_dry_run(tmp_path):
+def _main_probes(made, tmp_path):
   binary = tmp_path / "binary.flags"
   binary.write_bytes(b"\x00\xff\xfe\x01")
-  probes = [(m, [a.replace("BINARY", str(binary)) for a in args]) for m, args, _ in FLAG_PROBES]
-  workdir = tmp_path / "run"
-  proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(probes), str(workdir)],
-                        capture_output=True, text=True, env=subprocess_env(), timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.splitlines()[-1])
-  for (module, args, message), (code, err) in zip(FLAG_PROBES, results):
+  run_copy = copy_of(made, "run", tmp_path)
+  workdir = str(tmp_path / "new_run")
+  text_dir = str(tmp_path)
+  return [
+      ("a3-train", train_cli.main, [f"--workdir={workdir}", "--lr=nan"],
+       "--lr must be a finite number > 0, got nan"),
+      ("a3-train", train_cli.main, [f"--workdir={workdir}", "--max_to_keep=0"],
+       "--max_to_keep must be >= 1"),
+      ("a3-train", train_cli.main, [f"--workdir={made['export']}", "--preset=tiny"],
+       "holds an a3_jax export"),
+      ("a3-dry-run", dry_run_cli.main, [f"--flagfile={binary}"], "--flagfile is not a text file"),
+      ("a3-dry-run", dry_run_cli.main, ["--flagfile=/nonexistent.flags"],
+       "Unable to open flagfile"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", "--mesh=data:abc"],
+       "malformed --mesh=data:abc"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", "--mesh=data:0"],
+       "malformed --mesh=data:0"),
+      ("a3-export", export_cli.main, [f"--workdir={run_copy}/metrics.jsonl", f"--out={workdir}"],
+       "is a file, not a training run directory"),
+      ("a3-export", export_cli.main, [f"--workdir={run_copy}", f"--out={made['export']}"],
+       "exists and is not empty"),
+      ("a3-plot", plot_cli.main, [f"{run_copy}/metrics.jsonl"], "is not a directory"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{made['hf']}", f"--out={run_copy}"],
+       "exists and is not empty"),
+      ("a3-generate", generate_cli.main, [f"--checkpoint={made['export']}", "--prompt=a <blank:2>",
+                                          "--temperature=nan"], "--temperature must be a finite"),
+      ("a3-generate", generate_cli.main, [f"--checkpoint={made['export']}",
+                                          "--prompt=a <blank:999999999999>"],
+       "more than the model's maximum"),
+      ("a3-generate", generate_cli.main, [f"--checkpoint={made['export']}",
+                                          "--prompt=caf\udcc3 <blank:2>"],
+       "--prompt is not valid UTF-8"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--text_file={text_dir}"],
+       "is a directory, not a text file"),
+  ]
+
+
+def test_every_console_script_main_refuses_in_one_line(made, tmp_path, capsys):
+  probes = _main_probes(made, tmp_path)
+  watched = [made["run"], made["export"], made["hf"], str(tmp_path)]
+  for program, main, argv, message in probes:
+    before = [digest(p) for p in watched]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+      main(argv)
+    err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
-  assert not workdir.exists()
+    assert exit_info.value.code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), (argv, err)
+    assert message in lines[0], (argv, lines[0])
+    assert [digest(p) for p in watched] == before, argv
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--devices=0"], "--devices must be >= 1, got 0"),
+    (["--devices=-3"], "--devices must be >= 1, got -3"),
+    (["--mesh=data:abc"], "malformed --mesh=data:abc"),
+    (["--mesh=data:0"], "malformed --mesh=data:0"),
+    (["--mesh=data:10000"], "must be divisible by data*fsdp (10000)"),  # before 10,000 devices
+    (["--lr=inf"], "--lr must be a finite number > 0, got inf"),
+])
+def test_dry_run_refuses_a_bad_mesh_before_the_backend_starts(capsys, argv, message):
+  refused(capsys, "a3-dry-run", lambda: dry_run_cli._device_count(["a3-dry-run", *argv]), message)
 
 
 # Signals and crashes, end to end (subprocesses; slow) --------------------------------------

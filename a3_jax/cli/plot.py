@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 
 from a3_jax.cli import common as cli
 from a3_jax.plot import plot_run
 from a3_jax.errors import UserError
 
-flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)")
+F = flags.FlagValues()
+flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)", flag_values=F)
 
 
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-plot"):
-    if len(argv) != 2:
+    args = cli.parse(F, argv, "a3-plot", __doc__)
+    if len(args) != 1:
       raise UserError("usage: a3-plot WORKDIR [--out=PNG]")
-    print(plot_run(argv[1], flags.FLAGS.out))
+    print(plot_run(args[0], F.out))
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":
