@@ -95,14 +95,29 @@ def check_out_dir(path: str, flag: str = "--out") -> None:
   _check_writable_location(path, flag)  # the output is staged in a sibling, then renamed
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> int | None:
+  """When process `pid` started (clock ticks since boot, Linux), or None if unknown."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+      return int(f.read().rpartition(")")[2].split()[19])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _holder_alive(holder: dict) -> bool:
+  """Whether the process that wrote a lock on this host still runs. A pid reused by
+  another process (e.g. after a container restart) differs in its start time."""
+  pid = int(holder.get("pid", -1))
+  if pid == os.getpid():
+    return False  # this process has not taken the lock yet: an old run had our pid
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:
+  except (PermissionError, OverflowError, ValueError):
     return True
-  return True
+  started, now = holder.get("started"), _start_ticks(pid)
+  return started is None or now is None or started == now
 
 
 class WorkdirLock:
@@ -111,7 +126,8 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
-    self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    self.owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": _start_ticks(os.getpid())}
     self.created_workdir = False
 
   def _holder(self) -> dict | None:
@@ -133,7 +149,7 @@ class WorkdirLock:
         holder = self._holder()
         if holder is None:  # torn or foreign: a crash between create and write
           print(f"warning: {self.path} is unreadable; taking it over", file=sys.stderr, flush=True)
-        elif holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
+        elif holder.get("host") == self.owner["host"] and not _holder_alive(holder):
           print(f"warning: taking over the stale lock {self.path} of pid {holder.get('pid')}, "
                 "which is no longer running", file=sys.stderr, flush=True)
         else:

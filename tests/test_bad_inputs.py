@@ -175,10 +175,11 @@ def test_train_refuses_non_finite_and_out_of_range_numbers(capsys, field, value,
 
 def test_a_workdir_in_use_is_refused_untouched(made, tmp_path, capsys):
   workdir = copy_of(made, "run", tmp_path)
+  holder = os.getppid()  # alive, and not this process
   with open(os.path.join(workdir, rundir.LOCK_NAME), "w") as f:
-    json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)  # a live holder
+    json.dump({"pid": holder, "host": socket.gethostname()}, f)
   refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
-          f"is in use by pid {os.getpid()}", workdir)
+          f"is in use by pid {holder}", workdir)
 
 
 def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, tmp_path, capsys):
