@@ -409,6 +409,10 @@ def _main_probes(made, tmp_path):
        "--prompt is not valid UTF-8"),
       ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--text_file={text_dir}"],
        "is a directory, not a text file"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--text_file={text_dir}",
+                                  "--context=-1"], "--context must be >= 0, got -1"),
+      ("a3-train", train_cli.main, [f"--workdir={workdir}", "--steps=-5"],
+       "--steps must be >= 1, got -5"),
   ]
 
 
