@@ -5,10 +5,13 @@
   a3-eval --checkpoint=hf:/ckpt/SmolLM2 --text_file=play.txt --head=content
   a3-eval --checkpoint=exports/mdm --text_file=play.txt --head=mdm --elbo_samples=32
   a3-eval --checkpoint=exports/default --task=piqa --task_data=piqa/dev.jsonl --limit=500
+  a3-eval --checkpoint=exports/default --conditional="{{Fair is}} [[foul]], and foul is fair"
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
 file is one document per line (its `text` field); any other file is one
-document. --json prints the result as one JSON object on stdout (the table on stderr).
+document. --conditional (repeatable): log p(x_A | x_B) of a marked text,
+[[target]] and {{condition}} spans, the rest absent (a3_jax/marked.py). --json
+prints the result as one JSON object on stdout (the table on stderr).
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ flags.DEFINE_enum("fill_method", None, METHODS, "generation tasks: how blanks ar
                     "(default: from --head)", flag_values=F)
 flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call", flag_values=F)
 flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer", flag_values=F)
+flags.DEFINE_multi_string("conditional", None, "a marked text: log p([[target]] | "
+                          "{{condition}}), unmarked text absent; repeat for a batch",
+                          flag_values=F)
+flags.DEFINE_string("target_grouping", "ar", "--conditional: the target's groups: ar | one | "
+                    "spans | block:K | perm:K", flag_values=F)
+flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
+                  "--conditional: unmarked text is absent or part of the condition",
+                  flag_values=F)
 
 
 def groupings(head: str) -> list[str]:
@@ -86,8 +97,11 @@ def groupings(head: str) -> list[str]:
 def _check_flags() -> None:
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
-  if bool(F.text_file) == bool(F.task):
-    raise UserError("give exactly one of --text_file (likelihood) or --task (a task of the suite)")
+  if sum(map(bool, (F.text_file, F.task, F.conditional))) != 1:
+    raise UserError("give exactly one of --text_file (likelihood), --task (a task of the "
+                    "suite) or --conditional (a marked text)")
+  if F.conditional and F.head != "query":
+    raise UserError("--conditional scores with the A3 query stream: it needs --head=query")
   if F.task and not F.task_data:
     raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
@@ -124,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
           elbo_samples=F.elbo_samples, mask_id=F.mask_id,
           curve_png=F.curve_png if F.curve else None)
       text = format_likelihood(out)
+    elif F.conditional:
+      from a3_jax import conditional, marked
+      conditional.target_groups(1, F.target_grouping, span_ids=[0])  # typos fail first
+      for t in F.conditional:
+        marked.segments(t, F.unmarked)
+      params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
+      out = {"checkpoint": F.checkpoint, "results": marked.score_marked(
+          params, config, tokenizer, F.conditional, grouping=F.target_grouping,
+          unmarked=F.unmarked, seed=F.seed, batch_size=F.batch_size)}
+      text = marked.format_marked(out["results"])
     else:
       from a3_jax.tasks.run import run_task
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
