@@ -490,8 +490,7 @@ def _first_save_seen(workdir, proc, deadline):
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_bit_identical(tmp_path):
   """A3_KILL_RUNS runs (default 3), each SIGKILLed at a random moment between its first
-  checkpoint and its end (a checkpoint every step: often mid-save), then resumed to the
-  end: every resume starts from an intact step and ends with the losses and params of
+  and its last checkpoint (one every step: often mid-save), then resumed to the end: every resume starts from an intact step and ends with the losses and params of
   an uninterrupted run."""
   import random
   import time
@@ -502,8 +501,10 @@ def test_kill_9_at_random_moments_resumes_bit_identical(tmp_path):
                           stderr=subprocess.DEVNULL, env=subprocess_env())
   assert _first_save_seen(straight, proc, time.time() + 600)
   first = time.time()
+  while not (straight / "checkpoints" / str(steps)).exists() and proc.poll() is None:
+    time.sleep(0.01)
+  span = time.time() - first  # from the first save to the last one
   assert proc.wait(timeout=600) == 0
-  span = time.time() - first  # from the first save to the end
   expected_params = restore_params(str(straight))[0]
   rng = random.Random(0)
   outcomes = []

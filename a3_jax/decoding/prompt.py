@@ -24,7 +24,7 @@ def parse_prompt(prompt: str, tokenizer, max_new_tokens: int, max_len: int | Non
   tokens, known = [], []
   pieces = _BLANK.split(prompt)  # text, N, text, N, ..., text
   blanks = 0
-  for i, piece in enumerate(pieces[1::2]):
+  for piece in pieces[1::2]:
     if not piece.strip().isdigit() or int(piece) < 1:
       raise UserError(f"malformed blank <blank:{piece}> in --prompt: write <blank:N> "
                       "with N >= 1")
