@@ -33,6 +33,8 @@ def test_parse_length_template():
                           ("a<blank:1-2>", "needs known text after it")]:
     with pytest.raises(UserError, match=message):
       parse_length_template(prompt, _Chars(), 0)
+  with pytest.raises(UserError, match="ask for 302 tokens"):  # the longest candidate counts
+    parse_length_template("a<blank:2>b<blank:1-300>c", _Chars(), 0, max_len=256)
   with pytest.raises(UserError, match="unknown length"):
     parse_prompt("a<blank:1-2>b", _Chars(), 0)
   with pytest.raises(UserError, match="poisson:MEAN"):

@@ -89,7 +89,7 @@ def _check_flags() -> None:
   for name in ("max_new_tokens", "block_size"):
     if getattr(F, name) < 0:
       raise UserError(f"--{name} must be >= 0, got {getattr(F, name)}")
-  if not 0.0 <= F.threshold <= 1.0:
+  if not 0.0 <= F.threshold <= 1.0:  # NaN fails too
     raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
   blank_length.log_prior(F.length_prior, [1])  # validates
@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens)
+    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
     choice = None
     if template is None:
-      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
+      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
+                                       config.max_seq_len)
     else:
       choice = blank_length.choose_length(params, config, template, F.length_prior)
       tokens_T, known_T = template.fill(choice.chosen)
