@@ -36,6 +36,12 @@ flags.DEFINE_bool("count_first_group", _T.count_first_group,
                   "count tokens of each document's first group (predicted from nothing) in the loss")
 flags.DEFINE_enum("objective", _T.objective, ["a3", "ar", "mdm"],
                   "a3: two-stream grouped loss; ar: causal baseline; mdm: masked-diffusion baseline")
+flags.DEFINE_bool("mdm_shift", _T.mdm_shift,
+                  "--objective=mdm: position i predicts token i+1 (DiffuLLaMA's shift, "
+                  "for adapting a causal model)")
+flags.DEFINE_integer("mdm_anneal_steps", _T.mdm_anneal_steps,
+                     "--objective=mdm: steps over which attention is annealed from causal "
+                     "to full (0 = full from the start)")
 flags.DEFINE_string("curriculum", _D.curriculum,
                     "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
                     "the last stage runs on past its steps")
@@ -63,7 +69,8 @@ def job_from_flags() -> Job:
   train = TrainConfig(lr=F.lr, warmup_steps=F.warmup_steps, total_steps=max(F.steps, 1),
                       schedule=F.schedule, weight_decay=F.weight_decay, clip_norm=F.clip_norm,
                       grad_accum=F.grad_accum, z_loss=F.z_loss,
-                      count_first_group=F.count_first_group, objective=F.objective)
+                      count_first_group=F.count_first_group, objective=F.objective,
+                      mdm_shift=F.mdm_shift, mdm_anneal_steps=F.mdm_anneal_steps)
   names = {f.name for f in dataclasses.fields(Job)} - {"train", "model_overrides"}
   return Job(train=train, model_overrides=tuple(overrides), **{n: getattr(F, n) for n in names})
 
