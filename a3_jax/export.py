@@ -110,6 +110,7 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
   ckpt = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
     meta_tree = ckptr.metadata(ckpt).item_metadata
+    meta_tree = getattr(meta_tree, "tree", meta_tree)  # orbax's TreeMetadata -> the dict
     shape_tree = jax.tree.map(lambda m: m.shape, meta_tree,
                               is_leaf=lambda m: hasattr(m, "shape"))
     dtype = config.weight_dtype
