@@ -100,7 +100,10 @@ def train_stage(name: str, seed: int, budget) -> dict:
   print(f"[train] {model_name(name, seed)}: {job.curriculum} ({job.train.objective})",
         flush=True)
   train_run(job)
-  params, meta, _ = restore_params(job.workdir)
+  params, meta, step = restore_params(job.workdir)
+  if step != job.steps:  # stopped early (SIGTERM saves and returns): never export it
+    raise SystemExit(f"{model_name(name, seed)} stopped at step {step} of {job.steps}; "
+                     "run again to resume it")
   config = ModelConfig.from_dict(meta["model_config"])
   records = read_metrics(job.workdir)
   train = [r for r in records if "split" not in r]

@@ -51,13 +51,13 @@ BUDGETS = {
                    perm_orders=4, passages_per_play=60, mc_items_per_play=100,
                    mc_elbo_samples=8, gen_prompts=48, gen_prompt_tokens=32,
                    gen_new_tokens=32, gen_calls=16),
-    # Indicative only: a 1.8M-parameter shape and a fifth of the tokens, for a machine
+    # Indicative only: a 1.8M-parameter shape and an eighth of the tokens, for a machine
     # that cannot give the full run its two hours.
     "quick": Budget(model=_model(128, 4, 4, 2, 32, 384), batch_size=8, seq_len=128,
-                    base_steps=400, base_lr=2e-3, adapt_steps=160, adapt_lr=5e-4,
+                    base_steps=400, base_lr=2e-3, adapt_steps=100, adapt_lr=5e-4,
                     mdm_anneal_fraction=0.25, eval_tokens_per_play=2048, elbo_samples=8,
-                    perm_orders=4, passages_per_play=30, mc_items_per_play=50,
-                    mc_elbo_samples=8, gen_prompts=24, gen_prompt_tokens=32,
+                    perm_orders=4, passages_per_play=24, mc_items_per_play=40,
+                    mc_elbo_samples=8, gen_prompts=16, gen_prompt_tokens=32,
                     gen_new_tokens=32, gen_calls=16),
     "smoke": Budget(model=_model(64, 2, 4, 2, 16, 128), batch_size=8, seq_len=64,
                     base_steps=30, base_lr=3e-3, adapt_steps=20, adapt_lr=1e-3,
