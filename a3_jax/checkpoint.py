@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from a3_jax.config import ModelConfig
+from a3_jax.config import ModelConfig, architecture_diff
 from a3_jax.errors import UserError
 
 
@@ -60,11 +60,11 @@ def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict |
 
 
 def check_compatible(meta: dict, model_config: ModelConfig, workdir: str) -> None:
-  """Refuses to resume a checkpoint of another model (one clear message)."""
+  """Refuses to resume a checkpoint of another architecture (one clear message);
+  runtime settings (config.RUNTIME_FIELDS: attention, remat, compute dtype...) may change."""
   saved = ModelConfig.from_dict(meta["model_config"])
-  if saved != model_config:
-    diff = {k: (v, getattr(model_config, k)) for k, v in saved.to_dict().items()
-            if v != model_config.to_dict()[k]}
+  diff = architecture_diff(saved, model_config)
+  if diff:
     details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
     raise UserError(f"workdir {workdir} holds a checkpoint of a different model config "
                      f"({details}); use another --workdir or the same settings")

@@ -55,7 +55,7 @@ class ModelConfig:
   init_std: float = 0.02
   attention: str = "einsum"
   attention_chunk: int = 512  # key/query tile for attention="chunked"
-  # Uniform group size that attention="kernel" assumes (a3_jax/attention_kernel.py);
+  # Uniform group size that attention="kernel" assumes (a3_jax/attention/kernel.py);
   # static, so every curriculum stage must use it.
   attention_group_size: int = 1
   remat: str = "none"
@@ -147,6 +147,69 @@ PRESETS: dict[str, ModelConfig] = {
                                rope_scaling=_LLAMA31_SCALING, tie_embeddings=False,
                                dtype="bfloat16"),
 }
+
+
+# What a run may change on a checkpoint of the same model: how the step is computed,
+# never what the weights are. Every other field is architecture (shapes, vocabulary,
+# RoPE, tying, norms, the stored weight dtype and init) that a checkpoint fixes.
+RUNTIME_FIELDS = ("attention", "attention_chunk", "attention_group_size", "remat",
+                  "scan_layers", "dtype")
+ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                            if f.name not in RUNTIME_FIELDS)
+
+
+def architecture_diff(a: ModelConfig, b: ModelConfig) -> dict[str, tuple[Any, Any]]:
+  """{field: (a's value, b's value)} of the architecture fields where a and b differ."""
+  return {k: (getattr(a, k), getattr(b, k)) for k in ARCHITECTURE_FIELDS
+          if getattr(a, k) != getattr(b, k)}
+
+
+def _coerce(field: dataclasses.Field, text: str):
+  kind = field.type if isinstance(field.type, str) else field.type.__name__
+  if kind.startswith("bool"):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"--model={field.name}={text}: expected true or false")
+    return text.lower() in ("true", "1")
+  for cast in (int, float):
+    if kind.startswith(cast.__name__):
+      try:
+        return cast(text)
+      except ValueError:
+        raise UserError(f"--model={field.name}={text}: expected {cast.__name__}") from None
+  return text
+
+
+def parse_overrides(overrides) -> dict[str, Any]:
+  """(NAME, VALUE-text) pairs of --model flags -> {field: typed value}."""
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  settable = sorted(set(fields) - {"rope_scaling"})
+  out = {}
+  for name, text in overrides:
+    if name not in settable:
+      raise UserError(f"unknown model override {name!r}; settable: {settable}")
+    out[name] = _coerce(fields[name], text)
+  return out
+
+
+def resolve(base: ModelConfig, overrides=(), *, vocab_size: int | None = None,
+            checkpoint: str | None = None) -> ModelConfig:
+  """A run's model config: `base` (a preset, or the config of the checkpoint named
+  `checkpoint`), the tokenizer's `vocab_size` (from scratch only: a checkpoint fixes
+  its vocabulary), then the --model `overrides` ((NAME, VALUE) pairs).
+
+  On a checkpoint only RUNTIME_FIELDS may change; an override of an architecture
+  field to another value is a UserError naming the fields.
+  """
+  changes = parse_overrides(overrides)
+  if checkpoint is None:
+    return base.replace(**{**({"vocab_size": vocab_size} if vocab_size else {}), **changes})
+  fixed = sorted(k for k, v in changes.items()
+                 if k in ARCHITECTURE_FIELDS and v != getattr(base, k))
+  if fixed:
+    raise UserError(f"--model={fixed[0]}=...: {checkpoint} fixes the architecture "
+                    f"({', '.join(f'{k}={getattr(base, k)!r}' for k in fixed)}); "
+                    f"a run from it may only change {list(RUNTIME_FIELDS)}")
+  return base.replace(**changes)
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

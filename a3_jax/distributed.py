@@ -31,13 +31,18 @@ import jax
 from absl import flags
 from a3_jax.errors import UserError
 
+# This module's own flags; a3-train adds them to its parser (cli/train.py).
+FLAGS = flags.FlagValues()
 flags.DEFINE_string("coordinator_address", None,
-                    "HOST:PORT of process 0's coordinator (multi-host runs; env A3_COORDINATOR)")
-flags.DEFINE_integer("num_processes", None, "processes in the run (env A3_NUM_PROCESSES)")
-flags.DEFINE_integer("process_id", None, "this process, 0..num_processes-1 (env A3_PROCESS_ID)")
+                    "HOST:PORT of process 0's coordinator (multi-host runs; env A3_COORDINATOR)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num_processes", None, "processes in the run (env A3_NUM_PROCESSES)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("process_id", None, "this process, 0..num_processes-1 (env A3_PROCESS_ID)",
+                     flag_values=FLAGS)
 flags.DEFINE_list("local_device_ids", None,
                   "local devices this process uses, e.g. 0 for one GPU per process "
-                  "(default: all; env A3_LOCAL_DEVICE_IDS)")
+                  "(default: all; env A3_LOCAL_DEVICE_IDS)", flag_values=FLAGS)
 
 # What JAX's own SLURM detection reads (jax._src.clusters.slurm_cluster).
 SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
@@ -142,7 +147,7 @@ def initialize(s: Settings, environ: Mapping[str, str] = os.environ) -> str:
   return chosen
 
 
-def initialize_from_flags() -> str:
-  """`initialize` with this module's absl flags (parsed) and the A3_* variables."""
-  values = {name: flags.FLAGS[name].value for name in ENV}
+def initialize_from_flags(fv: flags.FlagValues = FLAGS) -> str:
+  """`initialize` with the parsed flags of this module (in `fv`) and the A3_* variables."""
+  values = {name: fv[name].value for name in ENV}
   return initialize(settings_from(values, os.environ))

@@ -110,7 +110,7 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
   ckpt = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
     meta_tree = ckptr.metadata(ckpt).item_metadata
-    meta_tree = getattr(meta_tree, "tree", meta_tree)  # orbax's TreeMetadata -> the dict
+    meta_tree = getattr(meta_tree, "tree", meta_tree)  # orbax >= 0.12 wraps it in TreeMetadata
     shape_tree = jax.tree.map(lambda m: m.shape, meta_tree,
                               is_leaf=lambda m: hasattr(m, "shape"))
     dtype = config.weight_dtype
@@ -122,3 +122,19 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
                             shape_tree, shardings, is_leaf=lambda s: isinstance(s, tuple))
     params = ckptr.restore(ckpt, target)
   return params, config, tokenizer_file(path)
+
+
+def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
+               step: int | None = None) -> str:
+  """A training run's checkpoint (`step`, default the latest) -> an export in `out`
+  (fmt 'a3') or a transformers LLaMA directory (fmt 'hf'); returns its path."""
+  from a3_jax.checkpoint import restore_params
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} does not exist")
+  params, meta, step = restore_params(workdir, step)
+  config = ModelConfig.from_dict(meta["model_config"])
+  tokenizer = tokenizer_file(workdir)
+  if fmt == "hf":
+    from a3_jax.convert.hf_export import export_hf
+    return export_hf(out, params, config, tokenizer, dtype=dtype)
+  return save_export(out, params, config, tokenizer, dtype=dtype)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax.linen import meta
 
-from a3_jax import mdm
+from a3_jax import attention, mdm
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
@@ -192,6 +192,19 @@ def _accumulated_grads(model, tc, params, batch, groups_BxT, key):
   return jax.tree.map(lambda g: g / count, grads), stats
 
 
+def _kernel_rows(groups_BxT, seg_BxT, grad_accum: int, group_size: int) -> dict:
+  """Rows whose attention took the block kernel vs the chunked fallback this step.
+
+  The dispatch decides per forward pass (one micro-batch) for all its rows, with
+  the predicate `attend` itself uses on the same groups and segment ids."""
+  a = grad_accum
+  split = lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:])
+  applies_A = jax.vmap(lambda g, s: attention.kernel_applies(g, s, group_size))(
+      split(groups_BxT), split(seg_BxT))
+  kernel = jnp.sum(applies_A.astype(jnp.float32)) * (groups_BxT.shape[0] // a)
+  return {"kernel_rows": kernel, "fallback_rows": groups_BxT.shape[0] - kernel}
+
+
 def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curriculum,
                     mesh, shardings: TrainState):
   """jit(state, batch, seed_key) -> (state, metrics), state donated."""
@@ -216,6 +229,9 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
                "grad_norm": optax.tree.norm(grads),
                "lr": schedule(state.step),
                "stage": stage}
+    if model_config.attention == "kernel" and tc.objective == "a3":
+      metrics.update(_kernel_rows(groups, batch["segment_ids"], tc.grad_accum,
+                                  model_config.attention_group_size))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   batch_shard = shd.batch_sharding(mesh)

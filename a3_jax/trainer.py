@@ -1,7 +1,7 @@
 """The training loop: data, sharded state, curriculum, checkpoints, metrics, eval.
 
 `run(job)` is what `a3-train` calls after parsing flags; every user-caused
-problem is a ValueError raised before anything in the workdir is written.
+problem is a UserError raised before anything in the workdir is written.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import signal
 import time
+from typing import Any
 
 import jax
 from etils import epath
@@ -17,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from a3_jax import checkpoint as ckpt
 from a3_jax import sharding as shd
-from a3_jax.config import ModelConfig, get_preset
+from a3_jax.config import ModelConfig, get_preset, resolve
 from a3_jax.convert.loader import load_pretrained, read_config
 from a3_jax.tokenizer import save_tokenizer
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
@@ -88,34 +89,47 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _coerce(field: dataclasses.Field, text: str):
-  kind = field.type if isinstance(field.type, str) else field.type.__name__
-  if kind.startswith("bool"):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise UserError(f"model override {field.name}={text!r}: expected true or false")
-    return text.lower() in ("true", "1")
-  for cast in (int, float):
-    if kind.startswith(cast.__name__):
-      try:
-        return cast(text)
-      except ValueError:
-        raise UserError(f"model override {field.name}={text!r}: expected {cast.__name__}")
-  return text
+def model_config_for(job: Job, vocab_size: int | None,
+                     init_config: ModelConfig | None = None) -> ModelConfig:
+  """THE model config of a run (a3-train and a3-dry-run both call this).
+
+  From scratch: --preset with the tokenizer's `vocab_size` and the --model overrides.
+  With --init_from: that checkpoint's config (`init_config`, read from --init_from
+  when not given) with the --model overrides of runtime settings only.
+  """
+  if job.init_from:
+    base = read_config(job.init_from) if init_config is None else init_config
+    return resolve(base, job.model_overrides, checkpoint=f"--init_from={job.init_from}")
+  return resolve(get_preset(job.preset), job.model_overrides, vocab_size=vocab_size)
 
 
-def model_config_for(job: Job, vocab_size: int) -> ModelConfig:
-  """The preset with the tokenizer's vocabulary and any --model overrides."""
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-  overrides = {"vocab_size": vocab_size}
-  for name, text in job.model_overrides:
-    if name not in fields or name == "rope_scaling":
-      raise UserError(f"unknown model override {name!r}; settable: "
-                       f"{sorted(set(fields) - {'rope_scaling'})}")
-    overrides[name] = _coerce(fields[name], text)
-  return get_preset(job.preset, **overrides)
+def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
+  """The checks of a job that need no devices (a3-dry-run runs them too)."""
+  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
+    if getattr(job, name) < 1:
+      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
+  if job.seq_len > model_config.max_seq_len:
+    raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
+                     f"({model_config.max_seq_len})")
+  if model_config.attention == "kernel":
+    k = model_config.attention_group_size
+    for strategy, _ in curriculum.stages:
+      if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
+          strategy.kind == "ar" and k != 1):
+        raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
+                         f"stage {strategy.name!r} differs (use attention=chunked)")
 
 
-def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> None:
+def planned_config(job: Job, init_config: ModelConfig | None = None) -> ModelConfig:
+  """The model config `run(job)` trains, checked against the curriculum, without
+  devices or weights (a3-dry-run). `init_config` stands in for --init_from's config."""
+  vocab_size = None if job.init_from else load_tokenizer(job.tokenizer).vocab_size
+  model_config = model_config_for(job, vocab_size, init_config)
+  validate_plan(job, model_config, parse_curriculum(job.curriculum))
+  return model_config
+
+
+def validate_mesh(job: Job, mesh) -> None:
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % jax.process_count():  # each process loads the rows of its own devices
     raise UserError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
@@ -123,19 +137,6 @@ def _validate(job: Job, model_config: ModelConfig, mesh, curriculum=None) -> Non
   if job.batch_size % (rows * job.train.grad_accum):
     raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
                      f"({rows}) * grad_accum ({job.train.grad_accum})")
-  if job.seq_len > model_config.max_seq_len:
-    raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
-                     f"({model_config.max_seq_len})")
-  if model_config.attention == "kernel" and curriculum is not None:
-    k = model_config.attention_group_size
-    for strategy, _ in curriculum.stages:
-      if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
-          strategy.kind == "ar" and k != 1):
-        raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
-                         f"stage {strategy.name!r} differs (use attention=chunked)")
-  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
-    if getattr(job, name) < 1:
-      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
 
 
 def _initial(job: Job, mesh):
@@ -146,9 +147,10 @@ def _initial(job: Job, mesh):
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
-    return read_config(job.init_from), load_tokenizer(saved_tokenizer), None
+    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
   if job.init_from:
-    params, model_config, tokenizer = load_pretrained(job.init_from, mesh=mesh)
+    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
@@ -162,7 +164,8 @@ def run(job: Job) -> dict:
   mesh = shd.make_mesh(job.mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
   model_config, tokenizer, pretrained = _initial(job, mesh)
-  _validate(job, model_config, mesh, curriculum)
+  validate_plan(job, model_config, curriculum)
+  validate_mesh(job, mesh)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
                      f"{model_config.vocab_size}")
@@ -192,8 +195,8 @@ def run(job: Job) -> dict:
     else:
       state = init_state(model_config, tc, jax.random.key(job.seed), mesh)
     _write_run_files(job, model_config, tokenizer)
-    return _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state,
-                 data_iter, eval_batches, manager, resume_step)
+    return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
+                      eval_batches, manager, resume_step), state)
 
 
 def _eval_source(job: Job) -> tuple[str, str]:
@@ -249,50 +252,95 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3") 
   return out
 
 
-def _loop(job, tc, curriculum, mesh, model_config, tokenizer, shardings, state, data_iter,
-          eval_batches, manager, resume_step):
-  train_step = make_train_step(model_config, tc, curriculum, mesh, shardings)
-  eval_step = make_eval_step(model_config, tc, mesh, shardings)
+@dataclasses.dataclass
+class _Run:
+  """What the step loop of one run works with."""
+
+  job: Job
+  tc: TrainConfig
+  curriculum: Any
+  mesh: Any
+  model_config: ModelConfig
+  shardings: Any
+  data_iter: Any
+  eval_batches: list
+  manager: Any
+  resume_step: int | None
+
+
+def _record(r: _Run, step: int, metrics, tick: float, started: float) -> dict:
+  """The metrics.jsonl record of `step` (0-based) from its fetched metrics."""
+  now = time.perf_counter()
+  record = {"step": step + 1, "stage": r.curriculum.stage_name(step),
+            **{k: float(v) for k, v in metrics.items() if k != "stage"},
+            "tokens_per_s": r.job.batch_size * r.job.seq_len / (now - tick),
+            "elapsed_s": now - started}
+  record.update(mfu_report(r.model_config, r.job.seq_len, record["tokens_per_s"],
+                           r.curriculum.stages[int(metrics["stage"])][0], r.tc.objective))
+  return record
+
+
+def _loop(r: _Run, state):
+  """Steps until --steps or SIGTERM. The host fetches step t-1's metrics after step t
+  is dispatched, so the device never waits on the host between steps; evals and
+  checkpoints first write the pending step's record."""
+  job = r.job
+  train_step = make_train_step(r.model_config, r.tc, r.curriculum, r.mesh, r.shardings)
+  eval_step = make_eval_step(r.model_config, r.tc, r.mesh, r.shardings)
   seed_key = jax.random.key(job.seed)
   eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
-  writer = MetricsWriter(job.workdir, resume_step)
+  writer = MetricsWriter(job.workdir, r.resume_step)
   preemption = _Preemption()
   start = int(state.step)
   last_eval: dict = {}
   tick = started = time.perf_counter()
+  pending = None  # (step, metrics still on the device)
+
+  def flush():
+    nonlocal pending, tick
+    if pending is None:
+      return
+    step, metrics = pending
+    pending = None
+    record = _record(r, step, jax.device_get(metrics), tick, started)
+    tick = time.perf_counter()
+    writer.write(record)
+    if (step + 1) % 10 == 0 or step == start:
+      kernel = (f" kernel rows {record['kernel_rows']:.0f}/"
+                f"{record['kernel_rows'] + record['fallback_rows']:.0f}"
+                if "kernel_rows" in record else "")
+      print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
+            f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}{kernel}", flush=True)
+
   try:
     for step in range(start, job.steps):
-      batch = shd.shard_batch(next(data_iter), mesh)
+      batch = shd.shard_batch(next(r.data_iter), r.mesh)
       state, metrics = train_step(state, batch, seed_key)
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      record = {"step": step + 1, "stage": curriculum.stage_name(step),
-                **{k: float(v) for k, v in metrics.items() if k != "stage"},
-                "tokens_per_s": job.batch_size * job.seq_len / (now - tick),
-                "elapsed_s": now - started}
-      record.update(mfu_report(model_config, job.seq_len, record["tokens_per_s"],
-                               curriculum.stages[int(metrics["stage"])][0], tc.objective))
-      tick = now
-      writer.write(record)
-      if (step + 1) % 10 == 0 or step == start:
-        print(f"step {step + 1}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
-              f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}", flush=True)
+      flush()  # step - 1's, while this step runs
+      pending = (step, metrics)
       done = step + 1 == job.steps
-      if (step + 1) % job.eval_every == 0 or done:
-        last_eval = evaluate(eval_step, state.params, eval_batches, eval_key, mesh, tc.objective)
+      preempted = preemption.reached(step + 1)
+      evaluate_now = (step + 1) % job.eval_every == 0 or done
+      save_now = (step + 1) % job.save_every == 0 or done or preempted
+      if evaluate_now or save_now:
+        flush()
+      if evaluate_now:
+        last_eval = evaluate(eval_step, state.params, r.eval_batches, eval_key, r.mesh,
+                             r.tc.objective)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         print(f"step {step + 1} validation " + " ".join(
             f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("nll")), flush=True)
         tick = time.perf_counter()
-      preempted = preemption.reached(step + 1)
-      if (step + 1) % job.save_every == 0 or done or preempted:
-        ckpt.save(manager, step + 1, state, data_iter, _meta(job, model_config), force=True)
+      if save_now:
+        ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),
+                  force=True)
       if preempted:
         print(f"SIGTERM: saved step {step + 1}, exiting", flush=True)
         break
+    flush()
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    r.manager.wait_until_finished()
+    r.manager.close()
     writer.close()
     preemption.restore()
   return last_eval

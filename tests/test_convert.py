@@ -325,7 +325,7 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
                                    f"--out={tmp_path / 'full'}")
   assert os.listdir(tmp_path / "full") == ["x"]
   assert _cli_error(capsys, f"--from=hf:{tmp_path / 'ok'}") == (
-      "a3-convert: error: the following arguments are required: --out\n")
+      "a3-convert: error: --from and --out are required\n")
 
 
 def test_cli_as_a_program(tmp_path):

@@ -170,11 +170,11 @@ def test_cli_likelihood_curve_and_json(export_dir, tmp_path):
                "--orders=2", "--window=32", "--context=8", "--curve", f"--curve_png={png}",
                "--json")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = json.loads(proc.stdout)  # --json: stdout is the one JSON object
   assert [r["grouping"] for r in out["results"]] == ["ar", "perm:2"]
   assert out["results"][1]["orders"] == 2 and out["results"][0]["perplexity"] > 1
   assert len(out["curve"]) == 2 * len(evaluate.CURVE_SIZES) and png.exists()
-  assert "parallelism-likelihood curve" in proc.stdout
+  assert "parallelism-likelihood curve" in proc.stderr
   proc = _eval(f"--checkpoint={export_dir}", f"--text_file={text}", "--head=mdm",
                "--elbo_samples=2", "--json")
   assert proc.returncode == 0, proc.stderr[-2000:]

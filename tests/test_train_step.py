@@ -153,6 +153,31 @@ def test_parse_mesh_spec_fills_the_rest():
   assert shd.parse_mesh_spec("data:-1,tensor:2", 8) == {"data": 4, "fsdp": 1, "tensor": 2}
 
 
+@pytest.mark.slow  # compiles a kernel-attention train step with grad_accum (~30 s on 2 busy cores)
+def test_kernel_attention_reports_rows_on_the_kernel_and_on_the_fallback():
+  """Each micro-batch takes the block kernel only when all its rows' groups are blocks
+  of attention_group_size (documents of whole groups); the step counts both paths."""
+  cfg = CFG.replace(attention="kernel", attention_group_size=4)
+  tc = TrainConfig(total_steps=2, grad_accum=2)
+  mesh = shd.make_mesh("data:8")
+  batch = _batch()
+  with jax.set_mesh(mesh):
+    shardings = state_shardings(cfg, tc, mesh)
+    state = init_state(cfg, tc, jax.random.key(0), mesh)
+    step = make_train_step(cfg, tc, parse_curriculum("perm:4:2"), mesh, shardings)
+    state, aligned = step(state, shd.shard_batch(batch, mesh), jax.random.key(1))
+    cut = dict(batch)  # the second micro-batch's first documents end inside a group
+    cut["segment_ids"] = batch["segment_ids"].copy()
+    cut["segment_ids"][4:, 18:20] = 2
+    cut["positions"] = np.where(cut["segment_ids"] == 2, np.arange(32) - 18,
+                                batch["positions"]).astype(np.int32)
+    cut["positions"][:4] = batch["positions"][:4]
+    cut["positions"][cut["segment_ids"] == 0] = 0
+    _, mixed = step(state, shd.shard_batch(cut, mesh), jax.random.key(1))
+  assert (float(aligned["kernel_rows"]), float(aligned["fallback_rows"])) == (8, 0)
+  assert (float(mixed["kernel_rows"]), float(mixed["fallback_rows"])) == (4, 4)
+
+
 def test_mdm_step_anneals_attention_from_causal():
   """The first step of --objective=mdm --mdm_shift --mdm_anneal_steps=N computes the
   MDLM loss under causal attention (width-1 blocks), not full attention."""

@@ -19,7 +19,14 @@ from a3_jax.attention.rule import visibility
 
 IMPLEMENTATIONS = ("einsum", "chunked", "kernel")
 
-__all__ = ["IMPLEMENTATIONS", "attend", "visibility"]
+__all__ = ["IMPLEMENTATIONS", "attend", "kernel_applies", "visibility"]
+
+
+def kernel_applies(key_group_BxS, key_seg_BxS, group_size: int):
+  """Scalar bool: `attend("kernel", ..., teacher_forced=True)` runs the block kernel on
+  this batch (every row's groups are blocks of `group_size`); else it falls back to
+  `chunked` for the whole batch."""
+  return jnp.all(kernel.block_aligned(key_group_BxS, key_seg_BxS, group_size))
 
 
 def attend(impl: str, q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_BxR,
@@ -44,5 +51,4 @@ def attend(impl: str, q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, row_limit_BxR, row_seg_Bx
     return general()
   blocks = lambda: kernel.two_stream_attention(q_BxRxNxH, k_BxSxKxH, v_BxSxKxH, key_group_BxS,
                                                key_seg_BxS, group_size=group_size)
-  aligned = jnp.all(kernel.block_aligned(key_group_BxS, key_seg_BxS, group_size))
-  return jax.lax.cond(aligned, blocks, general)
+  return jax.lax.cond(kernel_applies(key_group_BxS, key_seg_BxS, group_size), blocks, general)

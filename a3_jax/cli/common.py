@@ -1,14 +1,21 @@
-"""Shared command-line behaviour: a `UserError` is one clear line and exit code 2."""
+"""Shared command-line behaviour: each tool parses its own flags, a `UserError` is one
+clear line and exit code 2.
+
+Every cli module holds its flags in its own `flags.FlagValues` (never absl's global
+FLAGS), so all of them import into one process and each `main(argv)` can be called
+in-process, e.g. by tests. `--help` lists the tool's own flags.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from a3_jax.errors import UserError
+
+HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
 def _fail(program: str, message: str):
@@ -26,17 +33,32 @@ def user_errors(program: str):
     _fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-def _parse_flags(argv):
-  program = os.path.basename(argv[0])
+def _flag_help(fv: flags.FlagValues) -> str:
+  lines = []
+  for name, flag in sorted(fv._flags().items()):  # noqa: SLF001 (absl has no public listing)
+    if name != flag.name:  # a short alias
+      continue
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    lines.append(f"  --{name}: {flag.help}{default}")
+  lines.append("  --flagfile=FILE: read flags from FILE, one per line")
+  return "\n".join(lines)
+
+
+def parse(fv: flags.FlagValues, argv: list[str] | None, program: str, doc: str | None) -> list[str]:
+  """Parses the arguments `argv` (default sys.argv[1:]; no program name) into `fv`;
+  returns the positional arguments. --help prints `doc` and fv's flags and exits 0; a malformed
+  flag is one line and exit 2. Parsing again (in-process) starts from the defaults."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in HELP_ARGS for a in argv):
+    print(f"{(doc or program).strip()}\n\nflags:\n{_flag_help(fv)}")
+    sys.exit(0)
+  fv.unparse_flags()
   try:
-    remaining = flags.FLAGS(argv)
+    remaining = fv([program, *argv])
   except flags.Error as e:
     _fail(program, str(e))
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
-    flags.FLAGS.verbosity = logging.WARNING
-  return remaining
+  if not flags.FLAGS.is_parsed():  # absl logging (and grain's workers) read the global flags
+    flags.FLAGS.mark_as_parsed()
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  return remaining[1:]
 
-
-def run_app(main):
-  """absl's app.run, with malformed flags reported like any other user error."""
-  app.run(main, flags_parser=_parse_flags)

@@ -2,9 +2,11 @@
 
 Builds the model config, the abstract params and optimizer state with
 `jax.eval_shape` on a fake CPU mesh of the flag file's size, shards them by the
-rules, and prints bytes per device. With --compile it also lowers and compiles
-the train step for that mesh and prints XLA's memory analysis (slow for big models).
-Last line: one JSON object.
+rules, and prints bytes per device. The model config is the one a3-train builds
+(trainer.planned_config); an --init_from not reachable here is stood in by --preset.
+With --compile it also lowers and compiles the train step for that mesh and prints
+XLA's memory analysis (slow for big models).
+Stdout: one JSON object; human text on stderr.
 """
 
 from __future__ import annotations
@@ -16,19 +18,49 @@ import os
 import sys
 
 from absl import flags
+
+from a3_jax.cli import common as cli
+from a3_jax.cli import train as train_cli
 from a3_jax.errors import UserError
 
-flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product, or 8 with -1)")
-flags.DEFINE_bool("compile", False, "also compile the train step and report its memory")
+F = flags.FlagValues()
+F.append_flag_values(train_cli.F)  # the training flags the flag files use
+flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product, or 8 with -1)",
+                     flag_values=F)
+flags.DEFINE_bool("compile", False, "also compile the train step and report its memory",
+                  flag_values=F)
 
 
 def _device_count(argv) -> int:
   """Parses --devices / --mesh early: the CPU backend must know them before it starts."""
-  flags.FLAGS(argv, known_only=True)
-  if flags.FLAGS.devices:
-    return flags.FLAGS.devices
-  sizes = [int(item.partition(":")[2]) for item in flags.FLAGS.mesh.split(",") if item.strip()]
+  try:
+    F(argv, known_only=True)
+  except flags.Error:
+    return 8  # main reports the malformed flag
+  finally:
+    mesh, devices = F["mesh"].value, F["devices"].value
+    F.unparse_flags()
+  if devices:
+    return devices
+  try:
+    sizes = [int(item.partition(":")[2]) for item in mesh.split(",") if item.strip()]
+  except ValueError:
+    return 8  # main reports the malformed mesh
   return 8 if -1 in sizes else math.prod(sizes)
+
+
+def init_config(job):
+  """(config of --init_from or None, note): a checkpoint not reachable from here (the
+  paper's flag files name cluster paths) is stood in by --preset, and the note says so."""
+  from a3_jax.config import get_preset
+  from a3_jax.convert.loader import read_config
+  if not job.init_from:
+    return None, None
+  try:
+    return read_config(job.init_from), None
+  except UserError as e:
+    return get_preset(job.preset), (f"{job.init_from} not readable here ({e}); "
+                                    f"--preset={job.preset} stands in for its config")
 
 
 def report(job, compile_step: bool) -> dict:
@@ -37,15 +69,15 @@ def report(job, compile_step: bool) -> dict:
   from flax.linen import meta
 
   from a3_jax import sharding as shd
-  from a3_jax.config import get_preset
   from a3_jax.grouping import parse_curriculum
   from a3_jax.train_step import _boxed_state, make_train_step, state_shardings
-  from a3_jax.trainer import _validate, model_config_for
+  from a3_jax.trainer import planned_config, validate_mesh
 
   curriculum = parse_curriculum(job.curriculum)
-  model_config = model_config_for(job, get_preset(job.preset).vocab_size)
+  stand_in, note = init_config(job)
+  model_config = planned_config(job, stand_in)
   mesh = shd.make_mesh(job.mesh)
-  _validate(job, model_config, mesh)
+  validate_mesh(job, mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
   with jax.set_mesh(mesh):
     abstract = jax.eval_shape(lambda k: meta.unbox(_boxed_state(model_config, tc, k)),
@@ -59,7 +91,8 @@ def report(job, compile_step: bool) -> dict:
         total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
       return total
 
-    out = {"preset": job.preset, "mesh": dict(mesh.shape), "devices": mesh.size,
+    out = {"preset": job.preset, "model_config": model_config.to_dict(),
+           "init_from_note": note, "mesh": dict(mesh.shape), "devices": mesh.size,
            "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
            "param_bytes_per_device": per_device(abstract.params, shardings.params),
            "opt_state_bytes_per_device": per_device(abstract.opt_state, shardings.opt_state),
@@ -80,28 +113,29 @@ def report(job, compile_step: bool) -> dict:
   return out
 
 
-def main(argv):
-  from a3_jax.cli import common as cli
-  from a3_jax.cli.train import job_from_flags
+def main(argv: list[str] | None = None) -> int:
+  """Needs as many devices as the flag file's mesh (`entry` makes fake CPU ones)."""
   with cli.user_errors("a3-dry-run"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
-    result = report(job_from_flags(), flags.FLAGS.compile)
+    args = cli.parse(F, argv, "a3-dry-run", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
+    result = report(train_cli.job_from_flags(F), F.compile)
+    if result["init_from_note"]:
+      print(f"note: {result['init_from_note']}", file=sys.stderr)
     gib = 2.0 ** 30
     print(f"{result['preset']}: {result['params'] / 1e9:.2f}B params on {result['devices']} devices "
           f"{result['mesh']}: params {result['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
-          f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device")
+          f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device", file=sys.stderr)
     print(json.dumps(result))
+  return 0
 
 
 def entry():
-  import a3_jax.cli.train  # noqa: F401  (defines the training flags the flag files use)
-  from a3_jax.cli import common as cli
   count = _device_count(sys.argv)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.config.update("jax_num_cpu_devices", count)
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -5,78 +5,79 @@
   a3-eval --checkpoint=hf:/ckpt/SmolLM2 --text_file=play.txt --head=content
   a3-eval --checkpoint=exports/mdm --text_file=play.txt --head=mdm --elbo_samples=32
   a3-eval --checkpoint=exports/default --task=piqa --task_data=piqa/dev.jsonl --limit=500
+  a3-eval --checkpoint=exports/default --conditional="{{Fair is}} [[foul]], and foul is fair"
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
 file is one document per line (its `text` field); any other file is one
-document. --json prints one JSON object as the last line.
+document. --conditional (repeatable): log p(x_A | x_B) of a marked text,
+[[target]] and {{condition}} spans, the rest absent (a3_jax/marked.py). --json
+prints the result as one JSON object on stdout (the table on stderr).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 
 from absl import flags
 
 from a3_jax import evaluate
 from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
-from a3_jax.data.sources import json_text
+from a3_jax.data.text_file import read_texts
+from a3_jax.likelihood_report import format_likelihood, likelihood_report
 from a3_jax.errors import UserError
+from a3_jax.tasks.fill import METHODS
+from a3_jax.tasks.run import TASKS
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
-F = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
-flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
-flags.DEFINE_string("text_file", None, "text to score: .txt (one document) or .jsonl ('text' per line)")
+F = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_values=F)
+flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
+                    flag_values=F)
+flags.DEFINE_string("text_file", None, "text to score: .txt (one document) or .jsonl ('text' per line)",
+                    flag_values=F)
 flags.DEFINE_string("grouping", None, "comma-separated groupings: ar, block:K, perm:K "
-                    f"(default: {DEFAULT_GROUPINGS['query']}; ar for --head=content)")
+                    f"(default: {DEFAULT_GROUPINGS['query']}; ar for --head=content)",
+                    flag_values=F)
 flags.DEFINE_enum("head", "query", ["query", "content", "mdm"],
                   "query: A3 exact likelihood; content: causal LM (ar grouping, shifted); "
-                  "mdm: masked-diffusion ELBO (bidirectional content stream)")
-flags.DEFINE_integer("orders", 4, "random orders averaged for perm groupings")
-flags.DEFINE_integer("window", 1024, "tokens per pass (capped at the model's max_seq_len)")
-flags.DEFINE_integer("context", 0, "tokens of the previous window each later window conditions on")
-flags.DEFINE_integer("batch_size", 8, "rows per pass")
-flags.DEFINE_integer("seed", 0, "seed of the random orders / ELBO samples")
-flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO")
+                  "mdm: masked-diffusion ELBO (bidirectional content stream)", flag_values=F)
+flags.DEFINE_integer("orders", 4, "random orders averaged for perm groupings", flag_values=F)
+flags.DEFINE_integer("window", 1024, "tokens per pass (capped at the model's max_seq_len)",
+                     flag_values=F)
+flags.DEFINE_integer("context", 0, "tokens of the previous window each later window conditions on",
+                     flag_values=F)
+flags.DEFINE_integer("batch_size", 8, "rows per pass", flag_values=F)
+flags.DEFINE_integer("seed", 0, "seed of the random orders / ELBO samples", flag_values=F)
+flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO", flag_values=F)
 flags.DEFINE_integer("mask_id", 0, "--head=mdm: the mask token id the model was trained with "
-                     "(a3-train --objective=mdm uses 0, the embedded tokenizer's pad id)")
+                     "(a3-train --objective=mdm uses 0, the embedded tokenizer's pad id)",
+                     flag_values=F)
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
-                  "group sizes 1, 2, 4, 8, 16 (table + PNG)")
-flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG")
-flags.DEFINE_bool("json", False, "print one JSON object as the last line")
-flags.DEFINE_string("task", None, "task: hellaswag | winogrande | piqa | siqa | triviaqa | rocstories")
-flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]")
-flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task")
-flags.DEFINE_string("fill_method", None, "generation tasks: a3 | a3-dynamic | ar | mdm "
-                    "(default: from --head)")
-flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call")
-flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer")
-
-
-def read_texts(path: str) -> list[str]:
-  """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
-  if not os.path.isfile(path):
-    raise UserError(f"text file {path} does not exist")
-  with open(path, encoding="utf-8", newline="") as f:
-    content = f.read()
-  if not content.strip():
-    raise UserError(f"text file {path} is empty")
-  if not path.endswith(".jsonl"):
-    return [content]
-  return [json_text(line, f"text file {path}, line {n}")
-          for n, line in enumerate(content.splitlines(), 1) if line.strip()]
-
-
-def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list[int]]:
-  ids = [tokenizer.encode(t) for t in texts]
-  for n, t in enumerate(ids):
-    if len(t) < need:
-      raise UserError(f"text file {path}: document {n} is {len(t)} token(s) long; this "
-                       f"evaluation needs at least {need}")
-  return ids
+                  "group sizes 1, 2, 4, 8, 16 (table + PNG)", flag_values=F)
+flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG",
+                    flag_values=F)
+flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)",
+                  flag_values=F)
+flags.DEFINE_enum("task", None, TASKS, "a task of the paper's suite",
+                    flag_values=F)
+flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]",
+                    flag_values=F)
+flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task", flag_values=F)
+flags.DEFINE_enum("fill_method", None, METHODS, "generation tasks: how blanks are filled "
+                    "(default: from --head)", flag_values=F)
+flags.DEFINE_integer("group_size", 1, "generation tasks: tokens per model call", flag_values=F)
+flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answer", flag_values=F)
+flags.DEFINE_multi_string("conditional", None, "a marked text: log p([[target]] | "
+                          "{{condition}}), unmarked text absent; repeat for a batch",
+                          flag_values=F)
+flags.DEFINE_string("target_grouping", "ar", "--conditional: the target's groups: ar | one | "
+                    "spans | block:K | perm:K", flag_values=F)
+flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
+                  "--conditional: unmarked text is absent or part of the condition",
+                  flag_values=F)
 
 
 def groupings(head: str) -> list[str]:
@@ -96,8 +97,11 @@ def groupings(head: str) -> list[str]:
 def _check_flags() -> None:
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
-  if bool(F.text_file) == bool(F.task):
-    raise UserError("give exactly one of --text_file (likelihood) or --task (a task of the suite)")
+  if sum(map(bool, (F.text_file, F.task, F.conditional))) != 1:
+    raise UserError("give exactly one of --text_file (likelihood), --task (a task of the "
+                    "suite) or --conditional (a marked text)")
+  if F.conditional and F.head != "query":
+    raise UserError("--conditional scores with the A3 query stream: it needs --head=query")
   if F.task and not F.task_data:
     raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
@@ -107,81 +111,56 @@ def _check_flags() -> None:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
 
 
-def likelihood(params, config, tokenizer, texts: list[str], names: list[str]) -> dict:
-  ids = encode_texts(tokenizer, texts, F.text_file, 2 if F.head == "content" else 1)
-  common = dict(window=F.window, context=F.context, seed=F.seed)
-  if F.head == "mdm":
-    from a3_jax import mdm
-    results = [mdm.nelbo_texts(params, config, ids, num_samples=F.elbo_samples,
-                               mask_id=F.mask_id, **common)]
-  else:
-    results = [evaluate.score_texts(params, config, ids, g, head=F.head, orders=F.orders,
-                                    batch_size=F.batch_size, **common).to_dict()
-               for g in names]
-  out = {"checkpoint": F.checkpoint, "text_file": F.text_file, "head": F.head,
-         "documents": len(ids), "results": results}
-  if F.curve:
-    curve = evaluate.parallelism_curve(params, config, ids, orders=F.orders,
-                                       batch_size=F.batch_size, **common)
-    out["curve"] = [r.to_dict() for r in curve]
-    out["curve_table"] = evaluate.curve_table(curve)
-    out["curve_png"] = evaluate.plot_curve(curve, F.curve_png,
-                                           os.path.basename(F.checkpoint.rstrip("/")))
-  return out
-
-
-def format_likelihood(out: dict) -> str:
-  lines = [f"{out['checkpoint']} on {out['text_file']} ({out['documents']} document(s)), "
-           f"head={out['head']}"]
-  if out["head"] == "mdm":
-    r = out["results"][0]
-    lines.append(f"NELBO/token {r['nelbo_per_token']:.4f} ± {r['stderr_per_token']:.4f} "
-                 f"(perplexity <= {r['perplexity_bound']:.2f}; {r['samples']} samples, "
-                 f"{r['tokens']} tokens)")
-    return "\n".join(lines)
-  lines.append(f"{'grouping':<10} {'nll/token':>10} {'perplexity':>11} {'tokens':>8} "
-               f"{'orders':>6} {'order std':>9}")
-  for r in out["results"]:
-    lines.append(f"{r['grouping']:<10} {r['nll_per_token']:>10.4f} {r['perplexity']:>11.2f} "
-                 f"{r['tokens']:>8} {r['orders']:>6} {r['order_std']:>9.4f}")
-  if "curve" in out:
-    lines += ["", "parallelism-likelihood curve:", out["curve_table"], f"plot: {out['curve_png']}"]
-  return "\n".join(lines)
-
-
 def format_task(out: dict) -> str:
   shown = {k: v for k, v in out.items() if k != "predictions"}
   return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in shown.items())
 
 
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-eval"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
+    args = cli.parse(F, argv, "a3-eval", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     if F.text_file:
       names = groupings(F.head)
       texts = read_texts(F.text_file)
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-      out = likelihood(params, config, tokenizer, texts, names)
+      out = likelihood_report(
+          params, config, tokenizer, texts, names, checkpoint=F.checkpoint,
+          text_file=F.text_file, head=F.head, orders=F.orders, window=F.window,
+          context=F.context, batch_size=F.batch_size, seed=F.seed,
+          elbo_samples=F.elbo_samples, mask_id=F.mask_id,
+          curve_png=F.curve_png if F.curve else None)
       text = format_likelihood(out)
+    elif F.conditional:
+      from a3_jax import conditional, marked
+      conditional.target_groups(1, F.target_grouping, span_ids=[0])  # typos fail first
+      for t in F.conditional:
+        marked.segments(t, F.unmarked)
+      params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
+      out = {"checkpoint": F.checkpoint, "results": marked.score_marked(
+          params, config, tokenizer, F.conditional, grouping=F.target_grouping,
+          unmarked=F.unmarked, seed=F.seed, batch_size=F.batch_size)}
+      text = marked.format_marked(out["results"])
     else:
-      from a3_jax.tasks.run import TASKS, run_task
-      if F.task not in TASKS:
-        raise UserError(f"unknown task {F.task!r}; choose one of {TASKS}")
+      from a3_jax.tasks.run import run_task
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       out = run_task(F.task, F.task_data, params, config, tokenizer, head=F.head,
                      method=F.fill_method, limit=F.limit, batch_size=F.batch_size,
                      group_size=F.group_size, max_new_tokens=F.max_new_tokens)
       text = format_task(out)
-    print(text, flush=True)
-    if F.json:
+    if F.json:  # stdout: the one JSON object; the table goes to stderr
+      print(text, file=sys.stderr, flush=True)
       print(json.dumps(out), flush=True)
+    else:
+      print(text, flush=True)
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

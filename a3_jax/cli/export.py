@@ -5,51 +5,40 @@
 
 from __future__ import annotations
 
-import os
+import sys
 
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.checkpoint import restore_params
-from a3_jax.config import ModelConfig
-from a3_jax.export import save_export, tokenizer_file
+from a3_jax.export import export_run
 from a3_jax.errors import UserError
 
-F = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training run directory (holds checkpoints/)")
-flags.DEFINE_string("out", None, "output directory (must not exist or be empty)")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "cast the params (default: as trained)")
+F = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "training run directory (holds checkpoints/)", flag_values=F)
+flags.DEFINE_string("out", None, "output directory (must not exist or be empty)", flag_values=F)
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "cast the params (default: as trained)",
+                  flag_values=F)
 flags.DEFINE_enum("format", "a3", ["a3", "hf"],
                   "a3: the export that a3-generate / a3-eval load; hf: a transformers LLaMA directory "
-                  "(content stream) with the query vector as the extra tensor model.query_embed")
-flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+                  "(content stream) with the query vector as the extra tensor model.query_embed",
+                  flag_values=F)
+flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=F)
 
 
-def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
-               step: int | None = None) -> str:
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} does not exist")
-  params, meta, step = restore_params(workdir, step)
-  config = ModelConfig.from_dict(meta["model_config"])
-  tokenizer = tokenizer_file(workdir)
-  if fmt == "hf":
-    from a3_jax.convert.hf_export import export_hf
-    return export_hf(out, params, config, tokenizer, dtype=dtype)
-  return save_export(out, params, config, tokenizer, dtype=dtype)
-
-
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-export"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
+    args = cli.parse(F, argv, "a3-export", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
     if not F.workdir or not F.out:
       raise UserError("--workdir and --out are required")
     path = export_run(F.workdir, F.out, F.dtype, F.format, F.step)
     print(f"exported {F.workdir} to {path}")
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -19,44 +19,50 @@ in; --json prints one JSON object per sample instead.
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
-import numpy as np
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.decoding import dynamic as decode_dynamic, group as decode
+from a3_jax.decoding import CRITERIA, ORDERS
 from a3_jax.convert.loader import load_model
 from a3_jax.decoding.prompt import format_sample, parse_prompt, render
+from a3_jax.decoding.samples import decode_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
-F = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE")
-flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)")
-flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate")
-flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt")
-flags.DEFINE_string("decoder", "group", "group | dynamic")
-flags.DEFINE_string("form", "cached", "cached (KV cache) | recompute (the authors' form: "
-                    "committed tokens as one group, full re-run per step)")
-flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group")
-flags.DEFINE_string("order", "l2r", "group decoder: l2r | random")
-flags.DEFINE_string("criterion", "confidence", "dynamic decoder: " + " | ".join(
-    decode_dynamic.CRITERIA))
-flags.DEFINE_integer("commit_per_step", 1, "dynamic decoder: blanks committed per step")
-flags.DEFINE_float("threshold", 0.9, "dynamic decoder, --criterion=threshold: commit every "
-                   "blank at least this confident")
-flags.DEFINE_integer("block_size", 0, "dynamic decoder: semi-autoregressive blocks of this "
-                     "many blanks (0 = off)")
-flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
-flags.DEFINE_integer("top_k", 0, "keep the k most likely tokens (0 = off)")
-flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)")
-flags.DEFINE_integer("seed", 0, "sampling seed")
-flags.DEFINE_integer("num_samples", 1, "independent samples")
-flags.DEFINE_bool("json", False, "one JSON object per sample")
-flags.DEFINE_bool("show_order", False, "show the step each generated token was committed in")
-
 DECODERS = ("group", "dynamic")
+F = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_values=F)
+flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
+                    flag_values=F)
+flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate", flag_values=F)
+flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt", flag_values=F)
+flags.DEFINE_enum("decoder", "group", DECODERS, "group (Algorithm 1) | dynamic (Algorithm 2)",
+                  flag_values=F)
+flags.DEFINE_enum("form", "cached", ["cached", "recompute"], "cached (KV cache) | recompute (the authors' form: "
+                    "committed tokens as one group, full re-run per step)", flag_values=F)
+flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group", flag_values=F)
+flags.DEFINE_enum("order", "l2r", ORDERS, "group decoder: the order of the groups",
+                  flag_values=F)
+flags.DEFINE_enum("criterion", "confidence", CRITERIA,
+                  "dynamic decoder: how blanks are scored", flag_values=F)
+flags.DEFINE_integer("commit_per_step", 1, "dynamic decoder: blanks committed per step",
+                     flag_values=F)
+flags.DEFINE_float("threshold", 0.9, "dynamic decoder, --criterion=threshold: commit every "
+                   "blank at least this confident", flag_values=F)
+flags.DEFINE_integer("block_size", 0, "dynamic decoder: semi-autoregressive blocks of this "
+                     "many blanks (0 = off)", flag_values=F)
+flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)", flag_values=F)
+flags.DEFINE_integer("top_k", 0, "keep the k most likely tokens (0 = off)", flag_values=F)
+flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)", flag_values=F)
+flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=F)
+flags.DEFINE_integer("num_samples", 1, "independent samples", flag_values=F)
+flags.DEFINE_bool("json", False, "one JSON object per sample", flag_values=F)
+flags.DEFINE_bool("show_order", False, "show the step each generated token was committed in",
+                  flag_values=F)
+
 
 
 def _check_flags() -> None:
@@ -64,17 +70,8 @@ def _check_flags() -> None:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
     raise UserError("--prompt is required (use <blank:N> for N tokens to generate)")
-  if F.decoder not in DECODERS:
-    raise UserError(f"unknown --decoder {F.decoder!r}; choose one of {DECODERS}")
-  if F.form not in ("cached", "recompute"):
-    raise UserError(f"unknown --form {F.form!r}; choose cached or recompute")
   if F.group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {F.group_size}")
-  if F.order not in decode.ORDERS:
-    raise UserError(f"unknown --order {F.order!r}; choose one of {decode.ORDERS}")
-  if F.criterion not in decode_dynamic.CRITERIA:
-    raise UserError(f"unknown --criterion {F.criterion!r}; choose one of "
-                     f"{decode_dynamic.CRITERIA}")
   for name in ("commit_per_step", "num_samples"):
     if getattr(F, name) < 1:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
@@ -86,25 +83,11 @@ def _check_flags() -> None:
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
 
 
-def generate(params, config, tokenizer, tokens_T, known_T, eos_id):
-  """Decodes --num_samples rows of one prompt with the decoder the flags select."""
-  n = F.num_samples
-  tokens = np.broadcast_to(tokens_T, (n, len(tokens_T)))
-  known = np.broadcast_to(known_T, tokens.shape)
-  common = dict(sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed,
-                eos_id=eos_id, pad_id=max(tokenizer.pad_id, 0), form=F.form)
-  if F.decoder == "group":
-    groups = decode.schedule(known, order=F.order, group_size=F.group_size, seed=F.seed)
-    return decode.decode_groups(params, config, tokens, groups, **common)
-  return decode_dynamic.decode_dynamic(
-      params, config, tokens, known, criterion=F.criterion, commit_per_step=F.commit_per_step,
-      threshold=F.threshold, block_size=F.block_size, **common)
-
-
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-generate"):
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {argv[1:]}")
+    args = cli.parse(F, argv, "a3-generate", __doc__)
+    if args:
+      raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
     tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
@@ -115,7 +98,12 @@ def main(argv):
     # cut off the known text after it.
     continuation = known_T[:len(known_T) - F.max_new_tokens].all()
     eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
-    out = jax.device_get(generate(params, config, tokenizer, tokens_T, known_T, eos_id))
+    out = jax.device_get(decode_prompt(
+        params, config, tokens_T, known_T, num_samples=F.num_samples, decoder=F.decoder,
+        sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed, eos_id=eos_id,
+        pad_id=max(tokenizer.pad_id, 0), form=F.form, order=F.order, group_size=F.group_size,
+        criterion=F.criterion, commit_per_step=F.commit_per_step, threshold=F.threshold,
+        block_size=F.block_size))
     for i in range(F.num_samples):
       sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
                       out.logprob[i])
@@ -123,10 +111,11 @@ def main(argv):
         print(json.dumps({"sample": i, **sample}), flush=True)
       else:
         print(format_sample(i, sample, F.show_order), flush=True)
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
-import os
+import sys
 
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.metrics import read_metrics
+from a3_jax.plot import plot_run
 from a3_jax.errors import UserError
 
-flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)")
+F = flags.FlagValues()
+flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)", flag_values=F)
 
 
-def plot_run(workdir: str, out: str | None = None) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  records = read_metrics(workdir)
-  train = [r for r in records if r.get("split", "train") == "train"]
-  valid = [r for r in records if r.get("split") == "validation"]
-  if not train:
-    raise UserError(f"{workdir} has no training metrics (metrics.jsonl missing or empty)")
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7,
-          label="train loss (current stage)")
-  for name in sorted({k for r in valid for k in r if k.startswith("nll_")}):
-    points = [(r["step"], r[name]) for r in valid if name in r]
-    ax.plot(*zip(*points), marker="o", label=f"validation {name} (nats/token)")
-  starts = [(r["step"], r["stage"]) for i, r in enumerate(train)
-            if "stage" in r and (i == 0 or train[i - 1].get("stage") != r["stage"])]
-  for step, stage in starts:
-    ax.axvline(step, color="grey", lw=0.5, ls=":")
-    ax.text(step, ax.get_ylim()[1], f" {stage}", fontsize=7, va="top", rotation=90)
-  ax.set_xlabel("step")
-  ax.set_ylabel("NLL per token (nats)")
-  ax.set_title(os.path.basename(os.path.abspath(workdir)))
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  out = out or os.path.join(workdir, "curves.png")
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
-
-
-def main(argv):
+def main(argv: list[str] | None = None) -> int:
   with cli.user_errors("a3-plot"):
-    if len(argv) != 2:
+    args = cli.parse(F, argv, "a3-plot", __doc__)
+    if len(args) != 1:
       raise UserError("usage: a3-plot WORKDIR [--out=PNG]")
-    print(plot_run(argv[1], flags.FLAGS.out))
+    print(plot_run(args[0], F.out))
+  return 0
 
 
 def entry():
-  cli.run_app(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

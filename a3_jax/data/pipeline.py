@@ -95,8 +95,8 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   stream exactly, also through JSON, so orbax can save the iterator with
   `grain.checkpoint.CheckpointSave(iterator)` and restore it with
   `grain.checkpoint.CheckpointRestore(iterator)`. `worker_count > 0` tokenizes
-  in that many processes (absl flags must be parsed first, as under
-  `absl.app.run`).
+  in that many processes (absl's global flags must be parsed first, as
+  `a3_jax.cli.common.parse` does).
   """
   index, count = _shard(shard_index, shard_count)
   documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))

@@ -5,7 +5,8 @@
 - `group`: the paper's Algorithm 1 (groups fixed in advance);
 - `dynamic`: Algorithm 2 (each step scores the blanks and commits the best);
 - `sampling`: temperature / top-k / top-p with per-(seed, row, step, position) keys;
-- `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text.
+- `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text;
+- `samples`: n samples of one prompt with a chosen decoder (what a3-generate runs).
 """
 
 from a3_jax.decoding.cache import KVCache

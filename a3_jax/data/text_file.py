@@ -1,0 +1,32 @@
+"""Documents of a text file to score: a .jsonl file holds one per line, any other file one."""
+
+from __future__ import annotations
+
+import os
+
+from a3_jax.data.sources import json_text
+from a3_jax.errors import UserError
+
+
+def read_texts(path: str) -> list[str]:
+  """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
+  if not os.path.isfile(path):
+    raise UserError(f"text file {path} does not exist")
+  with open(path, encoding="utf-8", newline="") as f:
+    content = f.read()
+  if not content.strip():
+    raise UserError(f"text file {path} is empty")
+  if not path.endswith(".jsonl"):
+    return [content]
+  return [json_text(line, f"text file {path}, line {n}")
+          for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+
+
+def encode_texts(tokenizer, texts: list[str], path: str, need: int) -> list[list[int]]:
+  """Token ids of each text; every document must hold at least `need` tokens."""
+  ids = [tokenizer.encode(t) for t in texts]
+  for n, t in enumerate(ids):
+    if len(t) < need:
+      raise UserError(f"text file {path}: document {n} is {len(t)} token(s) long; this "
+                       f"evaluation needs at least {need}")
+  return ids
