@@ -1,6 +1,6 @@
 """Model configuration: one frozen dataclass and its named presets.
 
-Shapes of the paper's base models follow ../shared/paper-notes.md; `small` is the
+Shapes of the paper's base models follow docs/paper-notes.md; `small` is the
 CPU default (~10M parameters) and `tiny` is for tests.
 """
 

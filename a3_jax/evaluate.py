@@ -1,7 +1,7 @@
 """Exact likelihood of texts under groupings, one teacher-forced pass per window.
 
 For a grouping G_1..G_K of a window, one pass of the query stream gives every
-factor of log p(x) = sum_k sum_{i in G_k} log p(x_i | x_{G<k}) (design.md §1).
+factor of log p(x) = sum_k sum_{i in G_k} log p(x_i | x_{G<k}) (docs/design.md §1).
 A long text is cut into windows of `window` tokens; each window after the first
 may carry `context` tokens of the previous one, which are conditioned on (in
 causal order, groups 0..c-1) but not scored, so every scored token belongs to

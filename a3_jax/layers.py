@@ -2,7 +2,7 @@
 
 Every parameter carries logical axis names (vocabulary in a3_jax/sharding.py);
 the layout of each weight is written next to it, in the shape letters of
-design.md (D model, N query heads, K kv heads, H head dim, F mlp, V vocab).
+docs/design.md (D model, N query heads, K kv heads, H head dim, F mlp, V vocab).
 """
 
 from __future__ import annotations

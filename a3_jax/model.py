@@ -1,7 +1,7 @@
 """The A3 two-stream LLaMA decoder (Flax linen).
 
 Two streams run through the same standard pre-norm LLaMA blocks with shared
-weights (design.md §1):
+weights (docs/design.md §1):
   content stream h: token embeddings; row i sees keys with group <= group(i).
   query stream g:   one learned start vector; row i sees keys with group < group(i).
 Keys and values come from the content stream only; RoPE uses original positions.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -130,6 +131,10 @@ class A3LM(nn.Module):
     (k, v) each [L,B,T,K,H]); hidden states are final-normed.
     """
     cfg = self.config
+    b, t = tokens_BxT.shape
+    chex.assert_shape(content, (b, t))  # every field of the Rows
+    if query is not None:
+      chex.assert_equal_shape([query.limit, query.seg, query.pos])
     h = jnp.take(self.embed, tokens_BxT, axis=0).astype(cfg.compute_dtype)
     x, rows = h, content
     if query is not None:  # stack the query stream under the content stream, once
@@ -143,8 +148,9 @@ class A3LM(nn.Module):
     cache_seg = None if cache is None else cache.seg
     x, kv = self.layers(x, cache_kv, content, rows, cache_group, cache_seg)
     x = self.final_norm(x)
-    t = tokens_BxT.shape[1]
     h, g = x[:, :t], (x[:, t:] if query is not None else None)
+    chex.assert_shape(h, (b, t, cfg.d_model))
+    chex.assert_shape(kv, (cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim))
     return h, g, kv
 
   def logits(self, hidden_BxTxD):
@@ -153,6 +159,7 @@ class A3LM(nn.Module):
     w_DxV = self.embed.T if cfg.tie_embeddings else self.lm_head
     logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD, w_DxV.astype(cfg.compute_dtype),
                         preferred_element_type=jnp.float32)
+    chex.assert_type(logits, jnp.float32)
     return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, tokens_BxT, groups_BxT, segment_ids_BxT=None, positions_BxT=None,

@@ -1,5 +1,9 @@
-"""Running a3_jax command-line modules in subprocesses, and a tiny export to feed them."""
+"""Running a3_jax console scripts in-process (or, once per script, as a program), and a
+tiny export to feed them."""
 
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -26,6 +30,32 @@ def subprocess_env() -> dict:
 def run_module(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         env=subprocess_env(), timeout=timeout)
+
+
+def run_main(module: str, *args) -> tuple[int, str, str]:
+  """Calls a console script's `main(argv)` in this process: (exit code, stdout, stderr).
+
+  Every cli module parses its own FlagValues, so tools run one after another here;
+  this is what the suite uses for output and error messages. A test that needs the
+  real program (exit code as the shell sees it) uses `run_module`, once per script.
+  """
+  main = importlib.import_module(module).main
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = main(list(args))
+    except SystemExit as e:
+      code = e.code
+  return code or 0, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(result: tuple[int, str, str], program: str, message: str) -> None:
+  """Exit code 2 and exactly one stderr line, `PROGRAM: error: ...MESSAGE...`."""
+  code, _, err = result
+  assert code == 2, err[-2000:]
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{program}: error:"), lines
+  assert message in lines[0], lines
 
 
 def tiny_export(directory) -> str:

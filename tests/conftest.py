@@ -1,10 +1,22 @@
-"""Test setup: 8 simulated CPU devices and a persistent compile cache."""
+"""Test setup: 8 simulated CPU devices, a persistent compile cache, hypothesis settings."""
 
 import os
 
+import hypothesis
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# Property tests draw their examples deterministically (the same ones on every CI
+# run) and have no deadline: a first example may include a JAX compile. Each test
+# sets its own small max_examples. HYPOTHESIS_PROFILE=explore draws fresh ones.
+hypothesis.settings.register_profile(
+    "ci", derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow,
+                           hypothesis.HealthCheck.function_scoped_fixture])
+hypothesis.settings.register_profile("explore", parent=hypothesis.settings.get_profile("ci"),
+                                     derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

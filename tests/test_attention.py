@@ -1,7 +1,11 @@
 """The visibility rule and the agreement of every attention path with einsum."""
 
+import chex
 import flax.linen as nn
 from flax.linen import meta
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,23 +77,40 @@ def value_and_grads(fn, q, k, v, rng):
 def assert_same_path(fn, ref, q, k, v, seed=0):
   out, grads = value_and_grads(fn, q, k, v, np.random.default_rng(seed))
   out_ref, grads_ref = value_and_grads(ref, q, k, v, np.random.default_rng(seed))
-  np.testing.assert_allclose(out, out_ref, **TOL)
-  for name, g, g_ref in zip("qkv", grads, grads_ref):
-    np.testing.assert_allclose(g, g_ref, **TOL, err_msg=f"d/d{name}")
+  chex.assert_trees_all_close({"out": out, "d/dq": grads[0], "d/dk": grads[1], "d/dv": grads[2]},
+                              {"out": out_ref, "d/dq": grads_ref[0], "d/dk": grads_ref[1],
+                               "d/dv": grads_ref[2]}, **TOL)
 
 
 # --- the rule itself -------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", range(4))
-def test_visibility_matches_definition(seed):
-  rng = np.random.default_rng(seed)
-  b, r, s = 2, 9, 11
-  limit, rseg = rng.integers(-2, 5, (b, r)), rng.integers(0, 3, (b, r))
-  group, kseg = rng.integers(-2, 5, (b, s)), rng.integers(0, 3, (b, s))
-  got = np.asarray(attention.visibility(*map(jnp.asarray, (limit, rseg, group, kseg))))
+def _int_arrays(shape, low, high):
+  return hnp.arrays(np.int32, shape, elements=st.integers(low, high))
+
+
+_visibility = jax.jit(attention.visibility)
+
+
+@st.composite
+def _rule_inputs(draw):
+  """(row_limit, row_seg [B, R], key_group, key_seg [B, S]): small ids, with ties,
+  negative limits and padding (segment 0). Shapes come from a few (one compile each)."""
+  b, r, s = draw(st.sampled_from([(2, 9, 11), (1, 1, 5)]))
+  return (draw(_int_arrays((b, r), -2, 4)), draw(_int_arrays((b, r), 0, 2)),
+          draw(_int_arrays((b, s), -2, 4)), draw(_int_arrays((b, s), 0, 2)))
+
+
+@hypothesis.settings(max_examples=40)
+@hypothesis.given(_rule_inputs())
+def test_visibility_matches_definition(inputs):
+  limit, rseg, group, kseg = inputs
+  got = np.asarray(_visibility(*inputs))
+  chex.assert_shape(got, (*limit.shape, group.shape[1]))
+  chex.assert_type(got, bool)
+  b, r = limit.shape
   for i in range(b):
     for x in range(r):
-      for y in range(s):
+      for y in range(group.shape[1]):
         want = group[i, y] <= limit[i, x] and kseg[i, y] == rseg[i, x] and kseg[i, y] != 0
         assert got[i, x, y] == want, (i, x, y)
 
@@ -268,18 +289,32 @@ def test_kernel_rejects_groupings_that_are_not_block_aligned():
     two_stream_attention(q, k, v, group, seg, group_size=4, backend="xla")
 
 
-def test_model_kernel_path_falls_back_when_groups_are_not_blocks():
+def _poisoned(fn):
+  """fn with a NaN added to its output: whatever takes this path fails the comparison."""
+  return lambda *args, **kwargs: fn(*args, **kwargs) + jnp.nan
+
+
+def test_model_kernel_path_falls_back_when_groups_are_not_blocks(monkeypatch):
   """attention='kernel' inside the model: block-aligned rows use the kernel; a packed
   row whose documents do not split into whole groups takes the chunked path. Both
-  must equal einsum."""
+  must equal einsum, and the path not meant to run is poisoned with NaN, so each
+  case fails unless its own path produced the output."""
   cfg = get_preset("tiny")
-  params = meta.unbox(init_params(cfg, jax.random.key(0)))
+  params = meta.unbox(jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 32)).astype(np.int32)
   kernel_cfg = cfg.replace(attention="kernel", attention_group_size=4)
-  for doc_len in (16, 13):  # 16: whole groups of 4 in both documents; 13: not
+  for doc_len, path in ((16, "kernel"), (13, "chunked")):  # 16: whole groups of 4; 13: not
     seg = np.where(np.arange(32) < doc_len, 1, 2)[None].repeat(2, 0).astype(np.int32)
     pos = np.where(seg == 1, np.arange(32), np.arange(32) - doc_len).astype(np.int32)
     groups = np.asarray(sample_groups(parse_strategy("perm:4"), jax.random.key(1), seg, pos))
-    want = A3LM(cfg).apply(params, tokens, groups, seg, pos)["query"]
-    got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    want = jax.jit(lambda p: A3LM(cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+    with monkeypatch.context() as patch:
+      if path == "kernel":
+        patch.setattr(attention.chunked, "chunked_attention",
+                      _poisoned(attention.chunked.chunked_attention))
+      else:
+        patch.setattr(attention.kernel, "two_stream_attention",
+                      _poisoned(attention.kernel.two_stream_attention))
+      got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+    chex.assert_shape(got, want.shape)
+    chex.assert_trees_all_close(got, want, atol=1e-5)

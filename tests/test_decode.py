@@ -2,6 +2,9 @@
 
 import functools
 
+import chex
+import hypothesis
+from hypothesis import strategies as st
 import jax
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ B, T = 8, 16
 
 @pytest.fixture(scope="module")
 def params():
-  return meta.unbox(init_params(CFG, jax.random.key(0)))
+  return meta.unbox(jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0)))
 
 
 def _layout():
@@ -76,11 +79,46 @@ def decoded(params):
   return tokens, groups, _Forms(params, tokens, groups)
 
 
-def test_cached_equals_uncached(decoded):
-  _, _, out = decoded
+@st.composite
+def _schedules(draw):
+  """(tokens, groups) [B, T]: per row a random known subset (row 0: 5-8 tokens, so the
+  prefill buffer is 8 as in _layout), trailing padding (-1), and the blanks in a random
+  order cut into groups of 1-5 with unsorted, gapped ids. With max_group_size=5 every
+  draw shares the compiled decoders of the `decoded` fixture."""
+  groups = np.full((B, T), -1, np.int32)
+  for b in range(B):
+    valid = T - (0 if b == 0 else draw(st.integers(0, 4)))
+    order = draw(st.permutations(range(valid)))
+    n_known = draw(st.integers(5, 8) if b == 0 else st.integers(0, 8))
+    groups[b, order[:n_known]] = 0
+    blanks, gid = list(order[n_known:]), 0
+    while blanks:
+      size = draw(st.integers(1, 5))
+      gid += draw(st.integers(1, 3))
+      groups[b, blanks[:size]] = gid
+      blanks = blanks[size:]
+  tokens = np.random.default_rng(draw(st.integers(0, 2**16))).integers(
+      0, CFG.vocab_size, (B, T)).astype(np.int32)
+  return tokens, groups
+
+
+@hypothesis.settings(max_examples=6)
+@hypothesis.given(schedule=_schedules(), seed=st.integers(0, 2**16))
+@hypothesis.example(schedule=_layout(), seed=3)
+def test_cached_equals_uncached(params, schedule, seed):
+  """The KV-cached decoder samples exactly what re-running the content stream every
+  step samples, and reports the teacher-forced log-prob of what it sampled."""
+  tokens, groups = schedule
+  out = {form: jax.device_get(decode.decode_groups(
+      params, CFG, tokens, groups, sampler=SamplerConfig(temperature=1.0), seed=seed,
+      form=form, max_group_size=5)) for form in ("cached", "uncached")}
+  for field in out["cached"]._fields:
+    chex.assert_shape(getattr(out["cached"], field), getattr(out["uncached"], field).shape)
   np.testing.assert_array_equal(out["cached"].tokens, out["uncached"].tokens)
   np.testing.assert_array_equal(out["cached"].groups, out["uncached"].groups)
-  np.testing.assert_allclose(out["cached"].logprob, out["uncached"].logprob, atol=1e-4)
+  chex.assert_trees_all_close(out["cached"].logprob, out["uncached"].logprob, atol=1e-4)
+  r = out["cached"]
+  chex.assert_trees_all_close(r.logprob, _teacher_forced(params, r.tokens, r.groups), atol=1e-4)
 
 
 @pytest.mark.slow

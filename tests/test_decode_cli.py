@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cli_helpers import run_module, tiny_export
+from cli_helpers import assert_one_line_error, run_main, run_module, tiny_export
 
 
 @pytest.fixture(scope="module")
@@ -13,18 +13,18 @@ def export_dir(tmp_path_factory):
 
 
 def _generate(*args):
-  return run_module("a3_jax.cli.generate", *args)
+  return run_main("a3_jax.cli.generate", *args)
 
 
 @pytest.mark.slow
 def test_infill_and_continue_json(export_dir):
   from a3_jax.tokenizer import load_tokenizer
   tokenizer = load_tokenizer()
-  proc = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:3> and foul",
-                   "--max_new_tokens=4", "--decoder=dynamic", "--commit_per_step=2",
-                   "--num_samples=2", "--seed=1", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  samples = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  code, out, err = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:3> and foul",
+                             "--max_new_tokens=4", "--decoder=dynamic", "--commit_per_step=2",
+                             "--num_samples=2", "--seed=1", "--json")
+  assert code == 0, err[-2000:]
+  samples = [json.loads(line) for line in out.strip().splitlines()]
   assert [s["sample"] for s in samples] == [0, 1]
   prefix, middle = tokenizer.encode("Fair is "), tokenizer.encode(" and foul")
   for s in samples:
@@ -37,10 +37,11 @@ def test_infill_and_continue_json(export_dir):
 
 @pytest.mark.slow
 def test_group_decoder_text_with_order(export_dir):
-  proc = _generate(f"--checkpoint={export_dir}", "--prompt=<blank:4> the king.",
-                   "--group_size=2", "--order=random", "--temperature=0", "--show_order")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  lines = proc.stdout.strip().splitlines()
+  code, out, err = _generate(f"--checkpoint={export_dir}", "--prompt=<blank:4> the king.",
+                             "--group_size=2", "--order=random", "--temperature=0",
+                             "--show_order")
+  assert code == 0, err[-2000:]
+  lines = out.strip().splitlines()
   assert lines[0] == "--- sample 0 ---" and lines[1].endswith(" the king.")
   assert "log p = " in lines[2] and "(4 generated tokens, 2 steps)" in lines[2]
   assert lines[3].startswith("step   1: ") and lines[4].startswith("step   2: ")
@@ -59,8 +60,11 @@ def test_bad_input_exits_2_with_one_line(export_dir, tmp_path, args, message):
   checkpoint = [] if any(a.startswith("--checkpoint") for a in args) else [
       f"--checkpoint={export_dir}"]
   args = [a.replace("NOT_AN_EXPORT", str(tmp_path)) for a in args]
-  proc = _generate(*checkpoint, *args)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("a3-generate: error:"), lines
-  assert message in lines[0], lines
+  assert_one_line_error(_generate(*checkpoint, *args), "a3-generate", message)
+
+
+def test_the_program_exits_2_with_one_line(tmp_path):
+  """The one subprocess: what a shell sees from `a3-generate` given a bad checkpoint."""
+  proc = run_module("a3_jax.cli.generate", f"--checkpoint={tmp_path}", "--prompt=a <blank:2>")
+  assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "a3-generate",
+                        "not an a3_jax export")

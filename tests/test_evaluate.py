@@ -3,13 +3,14 @@
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
 from flax.linen import meta
 
 from a3_jax import evaluate
-from cli_helpers import run_module, tiny_export
+from cli_helpers import assert_one_line_error, run_main, run_module, tiny_export
 
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_strategy
@@ -112,16 +113,33 @@ def test_text_windows_cover_every_token_once():
 
 
 def test_perm_orders_spread_and_mixture(params):
+  """Every summary of a perm grouping against the per-order log-likelihoods computed
+  here, one teacher-forced pass per (order, text) with the order's group ids."""
   tokens = [_text(16, seed=s) for s in range(3)]
-  result = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=4, batch_size=5)
+  orders = 4
+  result = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=orders, batch_size=5)
+  logp = np.zeros((orders, len(tokens)))  # [O, D]
+  for o in range(orders):
+    for d, ids in enumerate(tokens):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), o), d), 0)
+      groups = evaluate.window_groups(parse_strategy("perm:2"), key, 0, len(ids))
+      ones = np.ones((1, len(ids)), np.int32)
+      logits = _query_logits(params, ids[None], groups[None], ones, np.arange(len(ids))[None])
+      lp = np.asarray(jax.nn.log_softmax(logits[0].astype(np.float32), axis=-1))
+      logp[o, d] = lp[np.arange(len(ids)), ids].sum()
+  chex.assert_trees_all_close(result.logp_per_text, logp, rtol=1e-5, atol=1e-4)
+  nll_per_order = -logp.sum(axis=1) / 48  # [O], per token
+  mixture = -np.sum(np.logaddexp.reduce(logp, axis=0) - np.log(orders)) / 48
   d = result.to_dict()
-  assert d["orders"] == 4 and d["tokens"] == 48
-  assert d["order_std"] > 0
-  assert d["order_min"] <= d["nll_per_token"] <= d["order_max"]
-  assert d["mixture_nll_per_token"] <= d["nll_per_token"] + 1e-9
+  assert (d["orders"], d["tokens"]) == (orders, 48)
+  want = {"nll_per_token": nll_per_order.mean(), "order_std": nll_per_order.std(),
+          "order_min": nll_per_order.min(), "order_max": nll_per_order.max(),
+          "mixture_nll_per_token": mixture, "perplexity": np.exp(nll_per_order.mean())}
+  chex.assert_trees_all_close({k: d[k] for k in want}, want, rtol=1e-5)
+  assert len(set(np.round(nll_per_order, 4))) == orders  # the orders really differ
   # Batch size and padding never change the numbers.
-  again = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=4, batch_size=1)
-  np.testing.assert_allclose(again.logp_per_text, result.logp_per_text, rtol=1e-5)
+  again = evaluate.score_texts(params, CFG, tokens, "perm:2", orders=orders, batch_size=1)
+  chex.assert_trees_all_close(again.logp_per_text, result.logp_per_text, rtol=1e-5)
 
 
 def test_curve_table_and_plot(params, tmp_path):
@@ -158,7 +176,7 @@ def export_dir(tmp_path_factory):
 
 
 def _eval(*args):
-  return run_module("a3_jax.cli.eval", *args)
+  return run_main("a3_jax.cli.eval", *args)
 
 
 @pytest.mark.slow
@@ -166,27 +184,27 @@ def test_cli_likelihood_curve_and_json(export_dir, tmp_path):
   text = tmp_path / "macbeth.txt"
   text.write_text("When shall we three meet again\nIn thunder, lightning, or in rain?\n" * 3)
   png = tmp_path / "curve.png"
-  proc = _eval(f"--checkpoint={export_dir}", f"--text_file={text}", "--grouping=ar,perm:2",
-               "--orders=2", "--window=32", "--context=8", "--curve", f"--curve_png={png}",
-               "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout)  # --json: stdout is the one JSON object
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", f"--text_file={text}",
+                               "--grouping=ar,perm:2", "--orders=2", "--window=32",
+                               "--context=8", "--curve", f"--curve_png={png}", "--json")
+  assert code == 0, stderr[-2000:]
+  out = json.loads(stdout)  # --json: stdout is the one JSON object
   assert [r["grouping"] for r in out["results"]] == ["ar", "perm:2"]
   assert out["results"][1]["orders"] == 2 and out["results"][0]["perplexity"] > 1
   assert len(out["curve"]) == 2 * len(evaluate.CURVE_SIZES) and png.exists()
-  assert "parallelism-likelihood curve" in proc.stderr
-  proc = _eval(f"--checkpoint={export_dir}", f"--text_file={text}", "--head=mdm",
-               "--elbo_samples=2", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]["nelbo_per_token"] > 0
+  assert "parallelism-likelihood curve" in stderr
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", f"--text_file={text}",
+                               "--head=mdm", "--elbo_samples=2", "--json")
+  assert code == 0, stderr[-2000:]
+  assert json.loads(stdout)["results"][0]["nelbo_per_token"] > 0
 
 
 @pytest.mark.slow
 def test_cli_task(export_dir):
-  proc = _eval(f"--checkpoint={export_dir}", "--task=piqa",
-               f"--task_data={os.path.join(FIXTURES, 'piqa.jsonl')}", "--json")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  code, stdout, stderr = _eval(f"--checkpoint={export_dir}", "--task=piqa",
+                               f"--task_data={os.path.join(FIXTURES, 'piqa.jsonl')}", "--json")
+  assert code == 0, stderr[-2000:]
+  out = json.loads(stdout)
   assert out["examples"] == 3 and 0 <= out["accuracy"] <= 1
 
 
@@ -216,7 +234,11 @@ def test_cli_bad_input_exits_2_with_one_line(export_dir, tmp_path, case, message
       "no_checkpoint": [f"--text_file={text}"],
   }[case]
   checkpoint = str(tmp_path) if case == "no_checkpoint" else export_dir
-  proc = _eval(f"--checkpoint={checkpoint}", *args)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("a3-eval: error:") and message in lines[0], lines
+  assert_one_line_error(_eval(f"--checkpoint={checkpoint}", *args), "a3-eval", message)
+
+
+def test_cli_the_program_exits_2_with_one_line(tmp_path):
+  """The one subprocess: what a shell sees from `a3-eval` given an empty text file."""
+  proc = run_module("a3_jax.cli.eval", f"--checkpoint={tmp_path}",
+                    f"--text_file={_write(tmp_path, 'e.txt', '')}")
+  assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "a3-eval", "is empty")

@@ -2,6 +2,9 @@
 
 import collections
 
+import chex
+import hypothesis
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,26 +21,57 @@ def _packed(b=6, doc_lengths=(7, 12, 5), pad=4):
   return np.tile(seg, (b, 1)).astype(np.int32), np.tile(pos, (b, 1)).astype(np.int32)
 
 
-def test_ar_and_block_follow_positions_within_documents():
-  seg, pos = _packed()
-  np.testing.assert_array_equal(sample_groups(parse_strategy("ar"), None, seg, pos), pos)
-  np.testing.assert_array_equal(sample_groups(parse_strategy("block:4"), None, seg, pos), pos // 4)
+@st.composite
+def _layouts(draw, b=2, t=32):
+  """(seg, pos) [B, T]: each row packs documents of 1-12 tokens, then padding."""
+  seg, pos = np.zeros((b, t), np.int32), np.zeros((b, t), np.int32)
+  for row in range(b):
+    start, doc = 0, 1
+    while start < t:
+      length = min(draw(st.integers(1, 12)), t - start)
+      if draw(st.booleans()) and doc > 1:  # padding ends the row
+        break
+      seg[row, start:start + length] = doc
+      pos[row, start:start + length] = np.arange(length)
+      start, doc = start + length, doc + 1
+  return seg, pos
 
 
-@pytest.mark.parametrize("k", [1, 3, 4])
-def test_perm_cuts_a_random_order_of_each_document_into_groups_of_k(k):
+def _doc_groups(groups, seg):
+  """The group ids of each document of each row."""
+  for row in range(seg.shape[0]):
+    for doc in np.unique(seg[row][seg[row] > 0]):
+      yield groups[row][seg[row] == doc]
+
+
+@hypothesis.settings(max_examples=30)
+@hypothesis.given(_layouts(), st.sampled_from(["ar", "block", "perm"]), st.integers(1, 4),
+                  st.integers(0, 2**31 - 1))
+def test_every_document_is_grouped_as_its_strategy_says(layout, kind, k, seed):
+  seg, pos = layout
+  name = "ar" if kind == "ar" else f"{kind}:{k}"
+  key = jax.random.key(seed)
+  groups = np.asarray(sample_groups(parse_strategy(name), key, seg, pos))
+  chex.assert_shape(groups, seg.shape)
+  chex.assert_type(groups, np.int32)
+  if kind != "perm":  # ordered: a function of the position in the document
+    real = seg > 0
+    np.testing.assert_array_equal(groups[real], (pos if kind == "ar" else pos // k)[real])
+    return
+  for g in _doc_groups(groups, seg):
+    n, sizes = len(g), collections.Counter(g.tolist())
+    assert sorted(sizes) == list(range(-(-n // k)))  # ids 0..ceil(n/k)-1
+    assert all(sizes[i] == k for i in range(n // k))  # full groups of k, the last may be short
+  again = np.asarray(sample_groups(parse_strategy(name), key, seg, pos))
+  np.testing.assert_array_equal(groups, again)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_perm_draws_an_independent_order_per_row(k):
   seg, pos = _packed()
   groups = np.asarray(sample_groups(parse_strategy(f"perm:{k}"), jax.random.key(0), seg, pos))
-  for row in range(seg.shape[0]):
-    for doc in (1, 2, 3):
-      g = groups[row][seg[row] == doc]
-      sizes = collections.Counter(g.tolist())
-      n = len(g)
-      assert sorted(sizes) == list(range(-(-n // k)))  # ids 0..ceil(n/k)-1
-      assert all(sizes[i] == k for i in range(n // k))  # full groups of k, the last may be short
   assert len({tuple(r) for r in groups}) > 1, "rows must get independent orders"
-  again = np.asarray(sample_groups(parse_strategy(f"perm:{k}"), jax.random.key(0), seg, pos))
-  np.testing.assert_array_equal(groups, again)
+  assert not np.array_equal(groups[seg > 0], (pos // k)[seg > 0]), "a random order, not blocks"
 
 
 def test_mixture_rows_follow_one_part_each_with_the_given_weights():

@@ -9,7 +9,7 @@ blanks are filled or it holds EOS with every earlier position filled.
 The form says how logits are computed:
   cached     prefill of the known tokens, then one fused call per step: content
              rows of the previous step's commits + query rows of the candidates,
-             against a KV cache (design.md §3); 2k rows per step, not 2T.
+             against a KV cache (docs/design.md §3); 2k rows per step, not 2T.
   uncached   the whole content stream re-run every step, committed tokens grouped
              by commit step: the same function as `cached`, its reference.
   recompute  the authors' form: re-run every step with all committed tokens in
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,4 +242,9 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
   logprob = state.logprob
   if form == "recompute":
     logprob = sequence_logprob(params, config, state.tokens, state.groups)
-  return DecodeResult(state.tokens, state.groups, logprob, state.length)
+  result = DecodeResult(state.tokens, state.groups, logprob, state.length)
+  chex.assert_shape([result.tokens, result.groups], (b, t))
+  chex.assert_shape([result.logprob, result.length], (b,))
+  chex.assert_type([result.tokens, result.groups, result.logprob, result.length],
+                   [jnp.int32, jnp.int32, jnp.float32, jnp.int32])
+  return result

@@ -1,4 +1,4 @@
-"""The paper's evaluation suite (DiffuLLaMA protocol, ../shared/paper-notes.md).
+"""The paper's evaluation suite (DiffuLLaMA protocol, docs/paper-notes.md).
 
   readers.py          task records from jsonl / json / csv files or `tfds.data_source`
   scoring.py          log p(continuation | context) of (context, continuation) pairs
