@@ -8,6 +8,7 @@ stages change without recompiling.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.struct
@@ -57,14 +58,27 @@ class TrainConfig:
       raise UserError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
     if self.schedule not in SCHEDULES:
       raise UserError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    # Field names are a3-train's flag names (total_steps: --steps).
     if self.grad_accum < 1:
-      raise UserError(f"grad_accum must be >= 1, got {self.grad_accum}")
+      raise UserError(f"--grad_accum must be >= 1, got {self.grad_accum}")
+    checks = [("lr", self.lr, self.lr > 0, "> 0"),
+              ("clip_norm", self.clip_norm, self.clip_norm > 0, "> 0"),
+              ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+              ("z_loss", self.z_loss, self.z_loss >= 0, ">= 0"),
+              ("end_lr_ratio", self.end_lr_ratio, self.end_lr_ratio >= 0, ">= 0"),
+              ("b1", self.b1, 0 <= self.b1 < 1, "in [0, 1)"),
+              ("b2", self.b2, 0 <= self.b2 < 1, "in [0, 1)")]
+    for name, value, ok, bound in checks:
+      if not (math.isfinite(value) and ok):
+        raise UserError(f"--{name} must be a finite number {bound}, got {value}")
+    if self.warmup_steps < 0:
+      raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+    if self.total_steps < 1:
+      raise UserError(f"--steps must be >= 1, got {self.total_steps}")
     if self.mdm_anneal_steps < 0:
-      raise UserError(f"mdm_anneal_steps must be >= 0, got {self.mdm_anneal_steps}")
+      raise UserError(f"--mdm_anneal_steps must be >= 0, got {self.mdm_anneal_steps}")
     if self.objective != "mdm" and (self.mdm_shift or self.mdm_anneal_steps):
-      raise UserError("mdm_shift and mdm_anneal_steps apply to objective 'mdm' only")
-    if self.lr <= 0 or self.warmup_steps < 0 or self.total_steps < 1:
-      raise UserError("lr must be > 0, warmup_steps >= 0 and total_steps >= 1")
+      raise UserError("--mdm_shift and --mdm_anneal_steps apply to objective 'mdm' only")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -207,7 +221,12 @@ def _kernel_rows(groups_BxT, seg_BxT, grad_accum: int, group_size: int) -> dict:
 
 def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curriculum,
                     mesh, shardings: TrainState):
-  """jit(state, batch, seed_key) -> (state, metrics), state donated."""
+  """jit(state, batch, seed_key) -> (state, metrics), state donated.
+
+  A step whose loss or gradient norm is not finite keeps the old params and
+  optimizer state (a select inside the step: no extra host sync) and reports
+  metrics['nonfinite'] = 1; the step counter advances either way.
+  """
   model = A3LM(model_config)
   tx = make_optimizer(tc)
   schedule = learning_rate_schedule(tc)
@@ -222,13 +241,19 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)
-    metrics = {"loss": (stats["nll"] + stats["z"]) / count,
+    loss, grad_norm = (stats["nll"] + stats["z"]) / count, optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics = {"loss": loss,
                "nll_per_token": stats["nll"] / count,
                "accuracy": stats["correct"] / count,
                "tokens": stats["count"],
-               "grad_norm": optax.tree.norm(grads),
+               "grad_norm": grad_norm,
                "lr": schedule(state.step),
-               "stage": stage}
+               "stage": stage,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     if model_config.attention == "kernel" and tc.objective == "a3":
       metrics.update(_kernel_rows(groups, batch["segment_ids"], tc.grad_accum,
                                   model_config.attention_group_size))

@@ -78,7 +78,7 @@ def _check_flags() -> None:
   for name in ("max_new_tokens", "block_size"):
     if getattr(F, name) < 0:
       raise UserError(f"--{name} must be >= 0, got {getattr(F, name)}")
-  if not 0.0 <= F.threshold <= 1.0:
+  if not 0.0 <= F.threshold <= 1.0:  # NaN fails too
     raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-    tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens)
+    tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
+                                   config.max_seq_len)
     if len(tokens_T) > config.max_seq_len:
       raise UserError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
                        f"model's maximum of {config.max_seq_len}")

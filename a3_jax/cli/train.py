@@ -71,6 +71,9 @@ flags.DEFINE_string("init_from", None, "start from pretrained weights: hf:DIR | 
                     flag_values=F)
 flags.DEFINE_integer("worker_count", _D.worker_count, "grain worker processes for tokenization",
                      flag_values=F)
+flags.DEFINE_bool("skip_nonfinite", _D.skip_nonfinite,
+                  "skip a batch whose loss or gradient norm is not finite (counted in metrics as "
+                  "skipped_nonfinite) instead of stopping the run", flag_values=F)
 
 
 def job_from_flags(fv: flags.FlagValues = F) -> Job:

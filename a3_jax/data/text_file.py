@@ -10,10 +10,15 @@ from a3_jax.errors import UserError
 
 def read_texts(path: str) -> list[str]:
   """Documents of a text file: one per line of a .jsonl file (`text`), else the whole file."""
+  if os.path.isdir(path):
+    raise UserError(f"--text_file={path} is a directory, not a text file")
   if not os.path.isfile(path):
-    raise UserError(f"text file {path} does not exist")
-  with open(path, encoding="utf-8", newline="") as f:
-    content = f.read()
+    raise UserError(f"--text_file={path} does not exist")
+  try:
+    with open(path, encoding="utf-8", newline="") as f:
+      content = f.read()
+  except UnicodeDecodeError as e:
+    raise UserError(f"--text_file={path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   if not content.strip():
     raise UserError(f"text file {path} is empty")
   if not path.endswith(".jsonl"):

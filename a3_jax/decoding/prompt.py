@@ -11,14 +11,29 @@ from a3_jax.errors import UserError
 _BLANK = re.compile(r"<blank:([^>]*)>")
 
 
-def parse_prompt(prompt: str, tokenizer, max_new_tokens: int):
-  """(tokens [T], known [T]) of a prompt with <blank:N> markers and trailing blanks."""
+def parse_prompt(prompt: str, tokenizer, max_new_tokens: int, max_len: int | None = None):
+  """(tokens [T], known [T]) of a prompt with <blank:N> markers and trailing blanks.
+
+  max_len: the model's longest sequence; blanks beyond it are refused before any
+  memory is taken for them.
+  """
+  try:
+    prompt.encode("utf-8")
+  except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as surrogates
+    raise UserError(f"--prompt is not valid UTF-8 (at character {e.start})") from None
   tokens, known = [], []
   pieces = _BLANK.split(prompt)  # text, N, text, N, ..., text
+  blanks = 0
+  for piece in pieces[1::2]:
+    if not piece.strip().isdigit() or int(piece) < 1:
+      raise UserError(f"malformed blank <blank:{piece}> in --prompt: write <blank:N> "
+                      "with N >= 1")
+    blanks += int(piece)
+  if max_len is not None and blanks + max_new_tokens > max_len:
+    raise UserError(f"--prompt blanks and --max_new_tokens ask for {blanks + max_new_tokens} "
+                    f"tokens, more than the model's maximum of {max_len}")
   for i, piece in enumerate(pieces):
     if i % 2:
-      if not piece.strip().isdigit() or int(piece) < 1:
-        raise UserError(f"malformed blank <blank:{piece}>: write <blank:N> with N >= 1")
       tokens += [0] * int(piece)
       known += [False] * int(piece)
     elif piece:
