@@ -33,7 +33,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 class TrainConfig:
   """Optimisation settings. `objective='ar'` trains the causal baseline
   (content stream only, next-token loss) on the same backbone; 'mdm' the
-  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss)."""
+  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss);
+  mdm_shift and mdm_anneal_steps adapt a causal model to it the DiffuLLaMA way
+  (position i predicts token i+1; attention annealed from causal to full)."""
 
   lr: float = 3e-4
   warmup_steps: int = 100
@@ -48,6 +50,8 @@ class TrainConfig:
   count_first_group: bool = True
   z_loss: float = 0.0
   objective: str = "a3"
+  mdm_shift: bool = False
+  mdm_anneal_steps: int = 0
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -71,6 +75,10 @@ class TrainConfig:
       raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
     if self.total_steps < 1:
       raise UserError(f"--steps must be >= 1, got {self.total_steps}")
+    if self.mdm_anneal_steps < 0:
+      raise UserError(f"--mdm_anneal_steps must be >= 0, got {self.mdm_anneal_steps}")
+    if self.objective != "mdm" and (self.mdm_shift or self.mdm_anneal_steps):
+      raise UserError("--mdm_shift and --mdm_anneal_steps apply to objective 'mdm' only")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -144,10 +152,11 @@ def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
   batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
-  which objective 'mdm' draws its noise (the grouping is then unused).
+  which objective 'mdm' draws its noise (the grouping then gives its attention
+  groups: mdm.anneal_groups, all 0 = full attention).
   """
   if tc.objective == "mdm":
-    return mdm.loss_stats(model, tc, params, batch, key)
+    return mdm.loss_stats(model, tc, params, batch, key, groups_BxT)
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   if tc.objective == "ar":
     content, _ = stream_rows(pos, seg, pos)
@@ -225,6 +234,9 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   def step_fn(state: TrainState, batch, seed_key):
     key = jax.random.fold_in(seed_key, state.step)
     stage, groups = batch_groups(curriculum, state.step, key, batch)
+    if tc.objective == "mdm":  # the curriculum's groups become the annealed attention
+      groups = mdm.anneal_groups(state.step, tc.mdm_anneal_steps, batch["segment_ids"],
+                                 batch["positions"], jax.random.fold_in(key, 1))
     grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -262,10 +274,15 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
 
 def make_eval_step(model_config: ModelConfig, tc: TrainConfig, mesh, shardings: TrainState):
   """jit(params, batch, groups) -> summed stats (nll, count, correct, z); 'mdm'
-  draws its noise from one fixed key, so evals are comparable."""
+  draws its noise from one fixed key, so evals are comparable, and attends fully."""
   model = A3LM(model_config)
   batch_shard = shd.batch_sharding(mesh)
-  jitted = jax.jit(lambda p, b, g: loss_stats(model, tc, p, b, g, jax.random.key(0)),
+
+  def stats(p, b, g):
+    g = jnp.zeros_like(g) if tc.objective == "mdm" else g
+    return loss_stats(model, tc, p, b, g, jax.random.key(0))
+
+  jitted = jax.jit(stats,
                    in_shardings=(shardings.params, batch_shard, batch_shard))
 
   def run(params, batch, groups):
