@@ -9,7 +9,11 @@ Saves are asynchronous; a resumed run restores straight into the mesh shardings.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import sys
 from typing import Any
 
 import grain
@@ -38,7 +42,86 @@ def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = No
 def has_checkpoint(workdir: str) -> bool:
   """Whether workdir holds a finished checkpoint (creates nothing)."""
   directory = checkpoint_dir(workdir)
-  return directory.exists() and make_manager(workdir).latest_step() is not None
+  return directory.is_dir() and open_manager(workdir).latest_step() is not None
+
+
+def open_manager(workdir: str) -> ocp.CheckpointManager:
+  """A manager of an existing run's checkpoints, for reading: creates nothing."""
+  directory = checkpoint_dir(workdir)
+  if not directory.is_dir():
+    raise UserError(f"--workdir={workdir} holds no checkpoints/ (not a training run?)")
+  options = ocp.CheckpointManagerOptions(create=False)  # read_only=True only adds a warning
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+
+
+def describe_damage(step_dir, error: BaseException) -> str:
+  """Which file of a step directory is damaged: an empty or unparsable JSON file,
+  the file of the byte size a read error names, else the error's first line."""
+  step_dir = str(step_dir)
+  files = [os.path.join(root, n) for root, _, names in os.walk(step_dir) for n in sorted(names)]
+  for path in sorted(files):
+    rel = os.path.relpath(path, step_dir)
+    if os.path.getsize(path) == 0 and not rel.endswith("_CHECKPOINT_METADATA"):
+      return f"file {rel} is empty"
+    if "/d/" in f"/{rel}" or rel.endswith(".ocdbt"):
+      continue
+    try:
+      with open(path, "rb") as f:
+        json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+      if rel.endswith((".json", "metadata", "_METADATA", "_sharding", "process_0")):
+        return f"file {rel} is not valid JSON ({e})"
+  text = _error_text(error)
+  size = re.search(r"not valid for value of size (\d+)", text)
+  if size:
+    matches = [p for p in files if os.path.getsize(p) == int(size.group(1))]
+    if len(matches) == 1:
+      return f"file {os.path.relpath(matches[0], step_dir)} is truncated"
+  line = next((l.strip() for l in text.splitlines() if re.search(r"[A-Z_]{6,}:|rror", l)), "")
+  return (line or text.strip().splitlines()[0] if text.strip() else type(error).__name__)[:300]
+
+
+def _error_text(error: BaseException) -> str:
+  parts, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    parts.append(f"{type(error).__name__}: {error}")
+    error = error.__cause__ or error.__context__
+  return "\n".join(reversed(parts))
+
+
+def intact_step(manager: ocp.CheckpointManager, load, newest: int | None = None):
+  """(step, load(step)) of the newest step at or below `newest` that `load` reads
+  without error, and [(step, what is damaged)] of the newer ones that failed.
+
+  A UserError from `load` (e.g. another model config) is not damage: it propagates.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    if newest is not None and step > newest:
+      continue
+    try:
+      return step, load(step), damaged
+    except UserError:
+      raise
+    except Exception as e:  # orbax, tensorstore and json errors of a damaged file
+      what = describe_damage(manager.directory / str(step), e)
+      damaged.append((step, what))
+  return None, None, damaged
+
+
+def set_aside(workdir: str, steps: list[int]) -> None:
+  """Moves damaged step directories to WORKDIR/damaged_checkpoints/ (kept, not loaded)."""
+  target = epath.Path(checkpoint_dir(workdir)).parent / "damaged_checkpoints"
+  for step in steps:
+    target.mkdir(parents=True, exist_ok=True)
+    destination = target / str(step)
+    n = 1
+    while destination.exists():
+      destination, n = target / f"{step}.{n}", n + 1
+    shutil.move(str(checkpoint_dir(workdir) / str(step)), str(destination))
+    print(f"warning: moved damaged checkpoint step {step} to {destination}", file=sys.stderr,
+          flush=True)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, meta: dict,
@@ -85,12 +168,7 @@ def abstract_like(state_shapes: Any, shardings: Any):
                       state_shapes, shardings)
 
 
-def restore_params(workdir: str, step: int | None = None):
-  """Params and meta of a run's latest (or given) checkpoint, without optimizer state."""
-  manager = make_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise UserError(f"no checkpoint found under {checkpoint_dir(workdir)}")
+def _read_params(manager: ocp.CheckpointManager, step: int):
   meta = read_meta(manager, step)
   # The saved shardings name the devices of the run that wrote them (on a pod,
   # other hosts' too): read every array onto this process's first device.
@@ -99,4 +177,27 @@ def restore_params(workdir: str, step: int | None = None):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored["state"]["params"], meta, step
+  return restored["state"]["params"], meta
+
+
+def restore_params(workdir: str, step: int | None = None):
+  """Params and meta of a run's latest (or given) checkpoint, without optimizer state.
+
+  A damaged checkpoint is a UserError naming the step and file, and the newest
+  intact step to pass as --step instead.
+  """
+  manager = open_manager(workdir)
+  steps = manager.all_steps()
+  if not steps:
+    raise UserError(f"no checkpoint found under {checkpoint_dir(workdir)}")
+  if step is not None and step not in steps:
+    raise UserError(f"--step={step}: no such checkpoint under {checkpoint_dir(workdir)} "
+                    f"(steps: {sorted(steps)})")
+  wanted = max(steps) if step is None else step
+  found, loaded, damaged = intact_step(manager, lambda s: _read_params(manager, s), wanted)
+  if damaged:
+    hint = (f"the newest intact step is {found}: pass --step={found}" if found is not None
+            else "no older step is intact")
+    raise UserError(f"checkpoint step {damaged[0][0]} in {checkpoint_dir(workdir)} is damaged "
+                    f"({damaged[0][1]}); {hint}")
+  return (*loaded, found)

@@ -43,9 +43,9 @@ def run_flags(path: str) -> dict:
 def staged_directory(out_dir: str, tokenizer_path: str | None):
   """Yields a temporary sibling of out_dir that is renamed into place on success
   and removed on any error, so out_dir is never left half-written."""
+  from a3_jax.rundir import check_out_dir
+  check_out_dir(out_dir)
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise UserError(f"output directory {out_dir} exists and is not empty")
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
     raise UserError(f"tokenizer file {tokenizer_path} does not exist")
   tmp = out_dir + ".partial"
@@ -104,8 +104,13 @@ def load_config(path: str) -> ModelConfig:
   if not is_export(path):
     raise UserError(f"{path} is not an a3_jax export directory (no {MARKER} marker; "
                      "make one with a3-export or a3-convert)")
-  with open(os.path.join(path, "config.json")) as f:
-    return ModelConfig.from_json(f.read())
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      return ModelConfig.from_json(f.read())
+  except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+    raise UserError(f"export {path} is damaged: {config_path} is not a readable model config "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def tokenizer_file(path: str) -> str | None:
@@ -125,7 +130,11 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
   config = load_config(path)
   ckpt = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
-    meta_tree = ckptr.metadata(ckpt).item_metadata
+    try:
+      meta_tree = ckptr.metadata(ckpt).item_metadata
+    except Exception as e:
+      from a3_jax.checkpoint import describe_damage
+      raise UserError(f"export {path} is damaged: params/: {describe_damage(ckpt, e)}") from None
     meta_tree = getattr(meta_tree, "tree", meta_tree)  # orbax >= 0.12 wraps it in TreeMetadata
     shape_tree = jax.tree.map(lambda m: m.shape, meta_tree,
                               is_leaf=lambda m: hasattr(m, "shape"))
@@ -136,7 +145,11 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
     else:
       target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s, dtype, sharding=sh),
                             shape_tree, shardings, is_leaf=lambda s: isinstance(s, tuple))
-    params = ckptr.restore(ckpt, target)
+    try:
+      params = ckptr.restore(ckpt, target)
+    except Exception as e:  # a truncated or emptied params file: name it, no traceback
+      from a3_jax.checkpoint import describe_damage
+      raise UserError(f"export {path} is damaged: params/: {describe_damage(ckpt, e)}") from None
   return params, config, tokenizer_file(path)
 
 
@@ -145,8 +158,12 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
   """A training run's checkpoint (`step`, default the latest) -> an export in `out`
   (fmt 'a3') or a transformers LLaMA directory (fmt 'hf'); returns its path."""
   from a3_jax.checkpoint import restore_params
+  from a3_jax.rundir import check_out_dir
+  if not os.path.exists(workdir):
+    raise UserError(f"--workdir={workdir} does not exist")
   if not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} does not exist")
+    raise UserError(f"--workdir={workdir} is a file, not a training run directory")
+  check_out_dir(out)
   params, meta, step = restore_params(workdir, step)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)

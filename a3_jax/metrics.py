@@ -14,14 +14,42 @@ import time
 import jax
 from etils import epath
 
+from a3_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: str, report=None) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl.
+
+  A torn last line (a crash mid-write) is dropped and said through `report(message)`;
+  any other bad line, or bytes that are not UTF-8, is a UserError naming file and line.
+  """
   path = epath.Path(workdir) / METRICS_FILE
-  if not path.exists():
+  if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  try:
+    text = path.read_bytes().decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  lines = text.split("\n")
+  records = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError as e:
+      if n == len(lines):  # no newline after it: the write was cut short
+        if report is not None:
+          report(f"{path}: dropped the torn last line {n} ({len(line)} characters)")
+        break
+      raise UserError(f"{path}, line {n}: not a JSON object ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+      raise UserError(f"{path}, line {n}: not a metrics record (a JSON object with an integer "
+                      "'step')")
+    records.append(record)
+  return records
 
 
 class MetricsWriter:
@@ -32,15 +60,17 @@ class MetricsWriter:
   validation record and at close.
   """
 
-  def __init__(self, workdir: str, resume_step: int | None = None, sync_every_s: float = 60.0):
+  def __init__(self, workdir: str, resume_step: int | None = None, sync_every_s: float = 60.0,
+               report=None):
     self.enabled = jax.process_index() == 0
     self.path = epath.Path(workdir) / METRICS_FILE
     if not self.enabled:
       return
-    records = [r for r in read_metrics(workdir)
-               if resume_step is None or r.get("step", 0) <= resume_step]
+    # The run re-logs every step after its checkpoint (all of them when starting
+    # afresh), and a torn last line is dropped.
+    records = [r for r in read_metrics(workdir, report) if r["step"] <= (resume_step or 0)]
     lines = [json.dumps(r) + "\n" for r in records]
-    if resume_step is not None:  # a resumed run re-logs the steps after its checkpoint
+    if self.path.exists():
       tmp = self.path.parent / (METRICS_FILE + ".tmp")
       tmp.write_text("".join(lines))
       tmp.replace(self.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from a3_jax.errors import UserError
 from a3_jax.metrics import read_metrics
@@ -14,8 +15,14 @@ def plot_run(workdir: str, out: str | None = None) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  records = read_metrics(workdir)
-  train = [r for r in records if r.get("split", "train") == "train"]
+  if not os.path.isdir(workdir):
+    raise UserError(f"WORKDIR {workdir} is not a directory")
+  out = out or os.path.join(workdir, "curves.png")
+  out_dir = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+    raise UserError(f"--out={out}: {out_dir} is not a writable directory")
+  records = read_metrics(workdir, report=lambda m: print(f"warning: {m}", file=sys.stderr))
+  train = [r for r in records if r.get("split", "train") == "train" and "loss" in r]
   valid = [r for r in records if r.get("split") == "validation"]
   if not train:
     raise UserError(f"{workdir} has no training metrics (metrics.jsonl missing or empty)")
@@ -35,7 +42,6 @@ def plot_run(workdir: str, out: str | None = None) -> str:
   ax.set_title(os.path.basename(os.path.abspath(workdir)))
   ax.legend(fontsize=8)
   fig.tight_layout()
-  out = out or os.path.join(workdir, "curves.png")
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out

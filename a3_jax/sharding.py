@@ -65,30 +65,30 @@ def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
   for item in [s for s in spec.split(",") if s.strip()]:
     name, sep, size_text = item.strip().partition(":")
     if not sep or name not in MESH_AXES:
-      raise UserError(f"malformed mesh spec {spec!r}: item {item!r} is not AXIS:SIZE "
+      raise UserError(f"malformed --mesh={spec}: item {item!r} is not AXIS:SIZE "
                        f"with AXIS in {MESH_AXES}")
     if name in seen:
-      raise UserError(f"malformed mesh spec {spec!r}: axis {name!r} given twice")
+      raise UserError(f"malformed --mesh={spec}: axis {name!r} given twice")
     seen.add(name)
     try:
       size = int(size_text)
     except ValueError:
-      raise UserError(f"malformed mesh spec {spec!r}: size {size_text!r} is not an integer")
+      raise UserError(f"malformed --mesh={spec}: size {size_text!r} is not an integer")
     if size == -1:
       if rest is not None:
-        raise UserError(f"malformed mesh spec {spec!r}: only one axis may be -1")
+        raise UserError(f"malformed --mesh={spec}: only one axis may be -1")
       rest = name
     elif size < 1:
-      raise UserError(f"malformed mesh spec {spec!r}: size of {name!r} must be >= 1 or -1")
+      raise UserError(f"malformed --mesh={spec}: size of {name!r} must be >= 1 or -1")
     else:
       sizes[name] = size
   known = math.prod(sizes.values())
   if rest is not None:
     if num_devices % known:
-      raise UserError(f"mesh spec {spec!r}: {num_devices} devices are not divisible by {known}")
+      raise UserError(f"--mesh={spec}: {num_devices} devices are not divisible by {known}")
     sizes[rest] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
-    raise UserError(f"mesh spec {spec!r} uses {math.prod(sizes.values())} devices, "
+    raise UserError(f"--mesh={spec} uses {math.prod(sizes.values())} devices, "
                      f"but {num_devices} are available")
   return sizes
 

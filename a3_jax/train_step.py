@@ -8,6 +8,7 @@ stages change without recompiling.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.struct
@@ -32,7 +33,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 class TrainConfig:
   """Optimisation settings. `objective='ar'` trains the causal baseline
   (content stream only, next-token loss) on the same backbone; 'mdm' the
-  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss)."""
+  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss);
+  mdm_shift and mdm_anneal_steps adapt a causal model to it the DiffuLLaMA way
+  (position i predicts token i+1; attention annealed from causal to full)."""
 
   lr: float = 3e-4
   warmup_steps: int = 100
@@ -47,16 +50,35 @@ class TrainConfig:
   count_first_group: bool = True
   z_loss: float = 0.0
   objective: str = "a3"
+  mdm_shift: bool = False
+  mdm_anneal_steps: int = 0
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
       raise UserError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
     if self.schedule not in SCHEDULES:
       raise UserError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    # Field names are a3-train's flag names (total_steps: --steps).
     if self.grad_accum < 1:
-      raise UserError(f"grad_accum must be >= 1, got {self.grad_accum}")
-    if self.lr <= 0 or self.warmup_steps < 0 or self.total_steps < 1:
-      raise UserError("lr must be > 0, warmup_steps >= 0 and total_steps >= 1")
+      raise UserError(f"--grad_accum must be >= 1, got {self.grad_accum}")
+    checks = [("lr", self.lr, self.lr > 0, "> 0"),
+              ("clip_norm", self.clip_norm, self.clip_norm > 0, "> 0"),
+              ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+              ("z_loss", self.z_loss, self.z_loss >= 0, ">= 0"),
+              ("end_lr_ratio", self.end_lr_ratio, self.end_lr_ratio >= 0, ">= 0"),
+              ("b1", self.b1, 0 <= self.b1 < 1, "in [0, 1)"),
+              ("b2", self.b2, 0 <= self.b2 < 1, "in [0, 1)")]
+    for name, value, ok, bound in checks:
+      if not (math.isfinite(value) and ok):
+        raise UserError(f"--{name} must be a finite number {bound}, got {value}")
+    if self.warmup_steps < 0:
+      raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+    if self.total_steps < 1:
+      raise UserError(f"--steps must be >= 1, got {self.total_steps}")
+    if self.mdm_anneal_steps < 0:
+      raise UserError(f"--mdm_anneal_steps must be >= 0, got {self.mdm_anneal_steps}")
+    if self.objective != "mdm" and (self.mdm_shift or self.mdm_anneal_steps):
+      raise UserError("--mdm_shift and --mdm_anneal_steps apply to objective 'mdm' only")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -130,10 +152,11 @@ def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
   batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
-  which objective 'mdm' draws its noise (the grouping is then unused).
+  which objective 'mdm' draws its noise (the grouping then gives its attention
+  groups: mdm.anneal_groups, all 0 = full attention).
   """
   if tc.objective == "mdm":
-    return mdm.loss_stats(model, tc, params, batch, key)
+    return mdm.loss_stats(model, tc, params, batch, key, groups_BxT)
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   if tc.objective == "ar":
     content, _ = stream_rows(pos, seg, pos)
@@ -198,7 +221,12 @@ def _kernel_rows(groups_BxT, seg_BxT, grad_accum: int, group_size: int) -> dict:
 
 def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curriculum,
                     mesh, shardings: TrainState):
-  """jit(state, batch, seed_key) -> (state, metrics), state donated."""
+  """jit(state, batch, seed_key) -> (state, metrics), state donated.
+
+  A step whose loss or gradient norm is not finite keeps the old params and
+  optimizer state (a select inside the step: no extra host sync) and reports
+  metrics['nonfinite'] = 1; the step counter advances either way.
+  """
   model = A3LM(model_config)
   tx = make_optimizer(tc)
   schedule = learning_rate_schedule(tc)
@@ -206,17 +234,26 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   def step_fn(state: TrainState, batch, seed_key):
     key = jax.random.fold_in(seed_key, state.step)
     stage, groups = batch_groups(curriculum, state.step, key, batch)
+    if tc.objective == "mdm":  # the curriculum's groups become the annealed attention
+      groups = mdm.anneal_groups(state.step, tc.mdm_anneal_steps, batch["segment_ids"],
+                                 batch["positions"], jax.random.fold_in(key, 1))
     grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)
-    metrics = {"loss": (stats["nll"] + stats["z"]) / count,
+    loss, grad_norm = (stats["nll"] + stats["z"]) / count, optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics = {"loss": loss,
                "nll_per_token": stats["nll"] / count,
                "accuracy": stats["correct"] / count,
                "tokens": stats["count"],
-               "grad_norm": optax.tree.norm(grads),
+               "grad_norm": grad_norm,
                "lr": schedule(state.step),
-               "stage": stage}
+               "stage": stage,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     if model_config.attention == "kernel" and tc.objective == "a3":
       metrics.update(_kernel_rows(groups, batch["segment_ids"], tc.grad_accum,
                                   model_config.attention_group_size))
@@ -237,10 +274,15 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
 
 def make_eval_step(model_config: ModelConfig, tc: TrainConfig, mesh, shardings: TrainState):
   """jit(params, batch, groups) -> summed stats (nll, count, correct, z); 'mdm'
-  draws its noise from one fixed key, so evals are comparable."""
+  draws its noise from one fixed key, so evals are comparable, and attends fully."""
   model = A3LM(model_config)
   batch_shard = shd.batch_sharding(mesh)
-  jitted = jax.jit(lambda p, b, g: loss_stats(model, tc, p, b, g, jax.random.key(0)),
+
+  def stats(p, b, g):
+    g = jnp.zeros_like(g) if tc.objective == "mdm" else g
+    return loss_stats(model, tc, p, b, g, jax.random.key(0))
+
+  jitted = jax.jit(stats,
                    in_shardings=(shardings.params, batch_shard, batch_shard))
 
   def run(params, batch, groups):

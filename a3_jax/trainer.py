@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -18,6 +20,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from a3_jax import checkpoint as ckpt
+from a3_jax import rundir
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset, resolve
 from a3_jax.convert.loader import load_pretrained, read_config
@@ -27,7 +30,7 @@ from a3_jax.tokenizer import load_tokenizer
 from a3_jax.export import RUN_FLAGS, tokenizer_file
 from a3_jax.flops import expected_seconds, mfu_report
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
-from a3_jax.metrics import MetricsWriter
+from a3_jax.metrics import MetricsWriter, read_metrics
 from a3_jax.train_step import (TrainConfig, init_state, make_eval_step, make_train_step,
                                state_from_params, state_shardings)
 from a3_jax.errors import UserError
@@ -60,24 +63,35 @@ class Job:
   model_overrides: tuple[tuple[str, str], ...] = ()
   train: TrainConfig = TrainConfig(lr=2e-3, warmup_steps=50)  # the 10-minute CPU default
   worker_count: int = 0
+  skip_nonfinite: bool = False  # skip (and count) a batch with a non-finite loss or grad norm
 
 
 class _Preemption:
-  """SIGTERM -> save and exit at a step the loop asks about with `reached(step)`.
+  """SIGTERM or SIGINT -> save and exit at a step the loop asks about with `reached(step)`.
 
-  One process: a Python handler sets a flag. Several: the signal may reach only
-  some of them, so JAX's preemption service (whose own SIGTERM handler
-  jax.distributed.initialize installed) picks the same step for all.
+  One process: a Python handler sets a flag; a second SIGINT (Ctrl-C) exits at once.
+  Several: the signal may reach only some of them, so JAX's preemption service
+  (whose own SIGTERM handler jax.distributed.initialize installed) picks the same
+  step for all.
   """
 
   def __init__(self):
     self._several = jax.process_count() > 1
     self._requested = False
+    self.signal_name = "SIGTERM"
     if not self._several:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous_int = signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self._requested and signum == signal.SIGINT:
+      print("second Ctrl-C: exiting now without saving", file=sys.stderr, flush=True)
+      os._exit(130)
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print("Ctrl-C: saving after this step (Ctrl-C again to exit at once)", file=sys.stderr,
+            flush=True)
     self._requested = True
 
   def reached(self, step: int) -> bool:
@@ -89,6 +103,7 @@ class _Preemption:
   def restore(self):
     if not self._several:
       signal.signal(signal.SIGTERM, self._previous)
+      signal.signal(signal.SIGINT, self._previous_int)
 
 
 def model_config_for(job: Job, vocab_size: int | None,
@@ -110,9 +125,7 @@ def model_config_for(job: Job, vocab_size: int | None,
 
 def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
   """The checks of a job that need no devices (a3-dry-run runs them too)."""
-  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every"):
-    if getattr(job, name) < 1:
-      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
+  check_numbers(job)
   if job.seq_len > model_config.max_seq_len:
     raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                      f"({model_config.max_seq_len})")
@@ -144,6 +157,16 @@ def validate_mesh(job: Job, mesh) -> None:
                      f"({rows}) * grad_accum ({job.train.grad_accum})")
 
 
+def check_numbers(job: Job) -> None:
+  """Out-of-range counts, each naming its flag (the float flags: TrainConfig)."""
+  for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every", "eval_batches",
+               "max_to_keep"):
+    if getattr(job, name) < 1:
+      raise UserError(f"--{name} must be >= 1, got {getattr(job, name)}")
+  if job.worker_count < 0:
+    raise UserError(f"--worker_count must be >= 0, got {job.worker_count}")
+
+
 def _initial(job: Job, mesh):
   """(model config, tokenizer, pretrained params or None).
 
@@ -164,7 +187,14 @@ def _initial(job: Job, mesh):
 
 
 def run(job: Job) -> dict:
-  """Trains (or resumes) and returns the last validation metrics."""
+  """Trains (or resumes) and returns the last validation metrics.
+
+  Every check that can refuse the job runs before the workdir lock is taken and
+  anything is written.
+  """
+  check_numbers(job)
+  rundir.check_workdir(job.workdir)
+  read_metrics(job.workdir)  # a damaged metrics file is refused before any write
   curriculum = parse_curriculum(job.curriculum)
   mesh = shd.make_mesh(job.mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
@@ -183,27 +213,66 @@ def run(job: Job) -> dict:
   eval_batches = make_eval_batches(eval_spec, tokenizer, seq_len=job.seq_len, split=eval_split,
                                    data_dir=job.data_dir, batch_size=local_batch,
                                    max_batches=job.eval_batches)
+  if not eval_batches or not any(b["segment_ids"].any() for b in eval_batches):
+    raise UserError(f"validation data {_eval_source(job)[0]} gives no tokens "
+                    "(set --eval_data to a source with text)")
 
-  manager = ckpt.make_manager(job.workdir, job.max_to_keep)
-  resume_step = manager.latest_step()
-  if resume_step is not None:
-    ckpt.check_compatible(ckpt.read_meta(manager, resume_step), model_config, job.workdir)
-
-  with jax.set_mesh(mesh):
+  with rundir.locked(job.workdir, enabled=jax.process_index() == 0), jax.set_mesh(mesh):
     shardings = state_shardings(model_config, tc, mesh)
+    manager, resume_step, state = _resume(job, tc, mesh, model_config, shardings, data_iter)
+    if resume_step is not None and resume_step >= job.steps:
+      manager.close()
+      print(f"{job.workdir} already holds the checkpoint of step {resume_step} "
+            f"(--steps={job.steps}): nothing to do", flush=True)
+      return {}
     if resume_step is not None:
-      shapes = jax.eval_shape(lambda: init_state(model_config, tc, jax.random.key(0), mesh))
-      state = ckpt.restore(manager, resume_step, ckpt.abstract_like(shapes, shardings), data_iter)
       print(f"resumed from step {resume_step} in {job.workdir}", flush=True)
-    elif pretrained is not None:
-      state = state_from_params(pretrained, model_config, tc, mesh)
-    else:
-      state = init_state(model_config, tc, jax.random.key(job.seed), mesh)
+    if state is None:
+      state = (state_from_params(pretrained, model_config, tc, mesh) if pretrained is not None
+               else init_state(model_config, tc, jax.random.key(job.seed), mesh))
     _write_run_files(job, model_config, tokenizer)
     char_lengths = (token_char_lengths(tokenizer, model_config.vocab_size)
                     if tc.objective == "a3" and tc.count_first_group else None)
     return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
                       eval_batches, manager, resume_step, char_lengths), state)
+
+
+def _resume(job: Job, tc: TrainConfig, mesh, model_config, shardings, data_iter):
+  """(manager, resume step or None, restored state or None).
+
+  The newest intact checkpoint is restored; newer damaged ones are named, moved to
+  WORKDIR/damaged_checkpoints/ and the fallback said. If every one is damaged the
+  run is refused rather than started over.
+  """
+  manager = ckpt.make_manager(job.workdir, job.max_to_keep)
+  if manager.latest_step() is None:
+    return manager, None, None
+  shapes = jax.eval_shape(lambda: init_state(model_config, tc, jax.random.key(0), mesh))
+  target = ckpt.abstract_like(shapes, shardings)
+
+  def load(step):
+    ckpt.check_compatible(ckpt.read_meta(manager, step), model_config, job.workdir)
+    return ckpt.restore(manager, step, target, data_iter)
+
+  step, state, damaged = ckpt.intact_step(manager, load)
+  if step is None:
+    manager.close()
+    raise UserError(f"every checkpoint in {ckpt.checkpoint_dir(job.workdir)} is damaged ("
+                    + "; ".join(f"step {s}: {w}" for s, w in damaged)
+                    + "); move checkpoints/ away to start over")
+  if damaged:
+    for bad, what in damaged:
+      _warn(f"checkpoint step {bad} in {manager.directory} is damaged: {what}")
+    manager.close()
+    ckpt.set_aside(job.workdir, [s for s, _ in damaged])
+    manager = ckpt.make_manager(job.workdir, job.max_to_keep)
+    print(f"warning: resuming from step {step}, the newest intact checkpoint", file=sys.stderr,
+          flush=True)
+  return manager, step, state
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _eval_source(job: Job) -> tuple[str, str]:
@@ -298,21 +367,35 @@ def _record(r: _Run, step: int, metrics, tick: float, started: float) -> dict:
 
 
 def _loop(r: _Run, state):
-  """Steps until --steps or SIGTERM. The host fetches step t-1's metrics after step t
-  is dispatched, so the device never waits on the host between steps; evals and
-  checkpoints first write the pending step's record."""
+  """Steps until --steps, SIGTERM or Ctrl-C, or a non-finite step (see make_train_step).
+  The host fetches step t-1's metrics after step t is dispatched, so the device never
+  waits on the host between steps; evals and checkpoints first write the pending step's
+  record (a non-finite step thus stops the run before any later save)."""
   job = r.job
   train_step = make_train_step(r.model_config, r.tc, r.curriculum, r.mesh, r.shardings)
   eval_step = make_eval_step(r.model_config, r.tc, r.mesh, r.shardings)
   seed_key = jax.random.key(job.seed)
   eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
-  writer = MetricsWriter(job.workdir, r.resume_step)
+  writer = MetricsWriter(job.workdir, r.resume_step, report=_warn)
   preemption = _Preemption()
   start = int(state.step)
   _banner(job, r.tc, r.curriculum, r.model_config, state, start)
+  skipped = 0
+  last_saved = r.resume_step
   last_eval: dict = {}
   tick = started = time.perf_counter()
   pending = None  # (step, metrics still on the device)
+
+  def _nonfinite(step, metrics):
+    nonlocal skipped
+    if not job.skip_nonfinite:
+      raise UserError(
+          f"step {step + 1}: non-finite loss or gradient norm (loss {float(metrics['loss']):.4g}"
+          f", grad norm {float(metrics['grad_norm']):.4g}); the update was not applied and "
+          f"the run stops (last checkpoint: step {last_saved or 'none'}); lower --lr, or "
+          "pass --skip_nonfinite to skip such batches")
+    skipped += 1
+    _warn(f"step {step + 1}: non-finite loss or gradient norm, batch skipped ({skipped} so far)")
 
   def flush():
     nonlocal pending, tick
@@ -320,7 +403,12 @@ def _loop(r: _Run, state):
       return
     step, metrics = pending
     pending = None
-    record = _record(r, step, jax.device_get(metrics), tick, started)
+    metrics = jax.device_get(metrics)
+    if metrics.pop("nonfinite"):  # the step kept the old params and optimizer state
+      _nonfinite(step, metrics)
+    record = _record(r, step, metrics, tick, started)
+    if job.skip_nonfinite:
+      record["skipped_nonfinite"] = skipped
     tick = time.perf_counter()
     writer.write(record)
     if (step + 1) % 10 == 0 or step == start:
@@ -355,8 +443,9 @@ def _loop(r: _Run, state):
       if save_now:
         ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),
                   force=True)
+        last_saved = step + 1
       if preempted:
-        print(f"SIGTERM: saved step {step + 1}, exiting", flush=True)
+        print(f"{preemption.signal_name}: saved step {step + 1}, exiting", flush=True)
         break
     flush()
   finally:
@@ -364,7 +453,7 @@ def _loop(r: _Run, state):
     r.manager.close()
     writer.close()
     preemption.restore()
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and int(state.step) == job.steps:
     out = job.workdir.rstrip("/").split("/")[-1] or "run"
     print(f"done in {_clock(time.perf_counter() - started)}. Results: {job.workdir}/metrics.jsonl "
           f"(curves: a3-plot {job.workdir}); flags: {job.workdir}/{FLAGS_FILE}\n"

@@ -47,6 +47,24 @@ def test_group_decoder_text_with_order(export_dir):
   assert lines[3].startswith("step   1: ") and lines[4].startswith("step   2: ")
 
 
+@pytest.mark.slow
+def test_speculative_with_blank_of_unknown_length(export_dir):
+  code, out, err = _generate(f"--checkpoint={export_dir}", "--prompt=Fair is <blank:2-5> and foul",
+                             "--decoder=speculative", "--draft_size=3", "--order=random",
+                             "--length_prior=poisson:3", "--num_samples=2", "--json")
+  assert code == 0, err[-2000:]
+  samples = [json.loads(line) for line in out.strip().splitlines()]
+  choice = samples[0]["length_choice"]
+  assert [c["length"] for c in choice["candidates"]] == [2, 3, 4, 5]
+  best = max(choice["candidates"], key=lambda c: c["total"])
+  assert choice["chosen_length"] == best["length"]
+  for s in samples:
+    assert s["generated_tokens"] == choice["chosen_length"]
+    assert 1 <= s["model_calls"] <= choice["chosen_length"]
+    assert sorted(s["groups"])[-choice["chosen_length"]:] == list(
+        range(1, choice["chosen_length"] + 1))  # one token per step, in some order
+
+
 @pytest.mark.parametrize("args,message", [
     (["--prompt=" + "word " * 300 + "<blank:2>"], "more than the model's maximum of 256"),
     (["--prompt=no blanks here"], "nothing to generate"),
@@ -54,6 +72,8 @@ def test_group_decoder_text_with_order(export_dir):
     (["--prompt=a <blank:2>", "--decoder=dynamic", "--criterion=surprise"],
      "--criterion=surprise"),
     (["--prompt=a <blank:2>", "--group_size=0"], "--group_size must be >= 1"),
+    (["--prompt=a <blank:2>", "--decoder=speculative", "--draft_size=0"],
+     "--draft_size must be >= 1"),
     (["--prompt=a <blank:2>", "--checkpoint=NOT_AN_EXPORT"], "not an a3_jax export"),
 ])
 def test_bad_input_exits_2_with_one_line(export_dir, tmp_path, args, message):

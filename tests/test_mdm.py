@@ -163,3 +163,87 @@ def test_nelbo_texts_and_bad_input(params):
     mdm.elbo(params, CFG, np.asarray([[5, 6]]), num_samples=0, key=jax.random.key(0))
   with pytest.raises(ValueError, match="steps"):
     mdm.generate(params, CFG, np.asarray([[5, 6]]), np.asarray([[True, False]]), steps=0)
+
+
+# ------------------------------------------- adapting a causal model (DiffuLLaMA way)
+
+
+def test_shifted_mdm_at_anneal_start_is_the_causal_model(params):
+  """Step 0 of the annealing (width-1 blocks) with the shift: the unmasked MDM's
+  prediction of x_i is the causal content stream's, from position i - 1."""
+  from a3_jax import evaluate
+  tokens = np.random.default_rng(6).integers(1, CFG.vocab_size, (2, 12)).astype(np.int32)
+  seg = np.ones((2, 12), np.int32)
+  pos = np.broadcast_to(np.arange(12, dtype=np.int32), (2, 12))
+  groups = mdm.anneal_groups(0, 10, seg, pos, jax.random.key(0))
+  np.testing.assert_array_equal(groups, pos)
+  out = jax.jit(lambda p: mdm.logits(A3LM(CFG), p, tokens, seg, pos, groups_BxT=groups,
+                                     shift=True))(params)
+  logp = jax.nn.log_softmax(out, axis=-1)
+  got = np.take_along_axis(np.asarray(logp), tokens[..., None], -1)[..., 0][:, 1:]
+  # The causal model's log-probs renormalised without the mask token (its logit is -inf).
+  causal = evaluate.grouped_logprobs(params, CFG, tokens, pos, seg, head="content")[:, 1:]
+  h = jax.jit(lambda p: A3LM(CFG).apply(p, tokens, mdm.Rows(pos, seg, pos), None,
+                                        method=A3LM.forward)[0])(params)
+  raw = np.asarray(jax.nn.log_softmax(A3LM(CFG).apply(params, h, method=A3LM.logits), -1))
+  np.testing.assert_allclose(got, causal - np.log1p(-np.exp(raw[:, :-1, mdm.MASK_ID])),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_anneal_groups_widen_from_causal_to_full():
+  seg = np.ones((3, 32), np.int32)
+  pos = np.broadcast_to(np.arange(32, dtype=np.int32), (3, 32))
+  key = jax.random.key(1)
+
+  def visible(step):
+    g = np.asarray(mdm.anneal_groups(step, 8, seg, pos, key))
+    return (g[:, None, :] <= g[:, :, None]).sum()
+
+  seen = [visible(s) for s in range(9)]
+  assert seen[0] == 3 * 32 * 33 // 2  # causal
+  assert seen[8] == 3 * 32 * 32 and visible(100) == seen[8]  # full from the end on
+  assert seen[0] < seen[2] < seen[4] < seen[8]
+  for step in range(8):  # blocks of the scheduled width, at a random offset per row
+    width = 1 + (31 * step) // 8
+    for row in np.asarray(mdm.anneal_groups(step, 8, seg, pos, key)):
+      runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, row, -2])))
+      assert runs.max() <= width and (runs[1:-1] == width).all()
+  np.testing.assert_array_equal(mdm.anneal_groups(3, 0, seg, pos, key), 0)  # no annealing
+
+
+def test_shifted_loss_never_masks_first_tokens_and_is_its_elbo(params):
+  rng = np.random.default_rng(7)
+  tokens = rng.integers(1, CFG.vocab_size, (4, 16)).astype(np.int32)
+  seg = np.ones((4, 16), np.int32)
+  seg[:, 10:] = 2
+  seg[3, 13:] = 0
+  pos = np.where(seg == 2, np.arange(16) - 10, np.arange(16)).astype(np.int32)
+  batch = {"tokens": tokens, "segment_ids": seg, "positions": pos}
+  key = jax.random.key(8)
+  tc = TrainConfig(objective="mdm", mdm_shift=True)
+  stats = jax.jit(lambda p: mdm.loss_stats(A3LM(CFG), tc, p, batch, key))(params)
+  firsts = np.asarray(mdm.first_of_segment(seg))
+  assert firsts[:, 0].all() and firsts[:, 10].all() and firsts.sum() == 8
+  assert float(stats["count"]) == np.sum(seg != 0) - 8
+  time_key, mask_key = jax.random.split(key)
+  t = np.asarray(mdm.stratified_times(time_key, (4,)))
+  masked = (np.asarray(jax.random.uniform(mask_key, (4, 16))) < t[:, None]) & (seg != 0)
+  masked &= ~firsts
+  expected = mdm.elbo_terms(params, CFG, tokens, masked[None], t[None], seg, pos, shift=True)
+  np.testing.assert_allclose(float(stats["nll"]), expected.sum(), rtol=1e-5)
+
+
+def test_shifted_sampler_and_entropy_criterion(params):
+  tokens = np.random.default_rng(9).integers(1, CFG.vocab_size, (2, 12)).astype(np.int32)
+  known = np.zeros((2, 12), bool)
+  known[:, :4] = True
+  for criterion in mdm.CRITERIA:
+    out = mdm.generate(params, CFG, tokens, known, steps=4, shift=True, criterion=criterion)
+    np.testing.assert_array_equal(out[:, :4], tokens[:, :4])
+    assert np.all(out[:, 4:] != mdm.MASK_ID)
+  with pytest.raises(ValueError, match="first token"):
+    mdm.generate(params, CFG, tokens, np.zeros((2, 12), bool), steps=2, shift=True)
+  with pytest.raises(ValueError, match="criterion"):
+    mdm.generate(params, CFG, tokens, known, steps=2, criterion="margin")
+  with pytest.raises(ValueError, match="objective 'mdm' only"):
+    TrainConfig(objective="a3", mdm_anneal_steps=5)

@@ -189,3 +189,21 @@ def test_kernel_attention_reports_rows_on_the_kernel_and_on_the_fallback():
     _, mixed = step(state, shd.shard_batch(cut, mesh), jax.random.key(1))
   assert (float(aligned["kernel_rows"]), float(aligned["fallback_rows"])) == (8, 0)
   assert (float(mixed["kernel_rows"]), float(mixed["fallback_rows"])) == (4, 4)
+
+
+def test_mdm_step_anneals_attention_from_causal():
+  """The first step of --objective=mdm --mdm_shift --mdm_anneal_steps=N computes the
+  MDLM loss under causal attention (width-1 blocks), not full attention."""
+  from a3_jax import mdm
+  tc = TrainConfig(lr=1e-3, warmup_steps=0, total_steps=4, objective="mdm", mdm_shift=True,
+                   mdm_anneal_steps=4)
+  losses, _ = _run(1, tc, curriculum="ar:4")
+  mesh = shd.make_mesh("data:8")
+  with jax.set_mesh(mesh):
+    params = jax.device_get(init_state(CFG, tc, jax.random.key(0), mesh).params)
+  batch = _batch()
+  key = jax.random.fold_in(jax.random.key(1), 0)
+  stats = lambda g: mdm.loss_stats(A3LM(CFG), tc, params, batch, key, g)
+  causal, full = stats(batch["positions"]), stats(None)
+  np.testing.assert_allclose(losses[0], causal["nll"] / causal["count"], rtol=1e-5)
+  assert abs(float(full["nll"] / full["count"]) - losses[0]) > 1e-3

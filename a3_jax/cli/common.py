@@ -32,6 +32,9 @@ def user_errors(program: str):
     yield
   except UserError as e:
     _fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except KeyboardInterrupt:
+    print(f"{program}: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _flag_help(fv: flags.FlagValues) -> str:
@@ -58,7 +61,11 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, program: str, doc: str |
   try:
     remaining = fv([program, *argv])
   except flags.Error as e:
-    _fail(program, str(e))
+    _fail(program, str(e).splitlines()[0].replace("ERROR:: ", "") if str(e) else type(e).__name__)
+  except UnicodeDecodeError as e:  # absl reads --flagfile as text
+    _fail(program, f"--flagfile is not a text file ({e.reason} at byte {e.start})")
+  except OSError as e:
+    _fail(program, f"--flagfile: {e}")
   if not flags.FLAGS.is_parsed():  # absl logging (and grain's workers) read the global flags
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO

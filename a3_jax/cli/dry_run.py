@@ -31,22 +31,46 @@ flags.DEFINE_bool("compile", False, "also compile the train step and report its 
                   flag_values=F)
 
 
+def _mesh_devices(spec: str) -> int:
+  """Devices a mesh spec names (8 when an axis is -1); malformed specs: UserError."""
+  from a3_jax.sharding import parse_mesh_spec
+  try:
+    sizes = [int(item.partition(":")[2]) for item in spec.split(",") if item.strip()]
+  except ValueError:
+    parse_mesh_spec(spec, 1)  # raises the malformed-spec message
+    raise
+  if -1 in sizes:
+    return 8
+  if any(size < 1 for size in sizes):
+    parse_mesh_spec(spec, 1)
+  return math.prod(sizes)
+
+
 def _device_count(argv) -> int:
-  """Parses --devices / --mesh early: the CPU backend must know them before it starts."""
+  """Parses the flags early: the CPU backend must know the device count before it starts,
+  and a job that cannot fit its mesh is refused before thousands of fake devices exist
+  (the CPU backend takes minutes to start 10,000). A malformed flag is main's to report."""
+  from a3_jax.sharding import parse_mesh_spec
+  from a3_jax.trainer import check_numbers
   try:
     F(argv, known_only=True)
-  except flags.Error:
-    return 8  # main reports the malformed flag
-  finally:
-    mesh, devices = F["mesh"].value, F["devices"].value
+  except (flags.Error, UnicodeDecodeError, OSError):
     F.unparse_flags()
-  if devices:
-    return devices
+    return 8  # main reports the malformed flag or flag file
   try:
-    sizes = [int(item.partition(":")[2]) for item in mesh.split(",") if item.strip()]
-  except ValueError:
-    return 8  # main reports the malformed mesh
-  return 8 if -1 in sizes else math.prod(sizes)
+    if F.devices is not None and F.devices < 1:
+      raise UserError(f"--devices must be >= 1, got {F.devices}")
+    count = F.devices or _mesh_devices(F.mesh)
+    sizes = parse_mesh_spec(F.mesh, count)
+    job = train_cli.job_from_flags(F)
+    check_numbers(job)
+    rows = sizes["data"] * sizes["fsdp"]
+    if job.batch_size % (rows * job.train.grad_accum):
+      raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
+                      f"({rows}) * grad_accum ({job.train.grad_accum})")
+    return count
+  finally:
+    F.unparse_flags()
 
 
 def init_config(job):
@@ -131,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry():
-  count = _device_count(sys.argv)
+  with cli.user_errors("a3-dry-run"):
+    count = _device_count(sys.argv)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.config.update("jax_num_cpu_devices", count)

@@ -44,6 +44,12 @@ flags.DEFINE_bool("count_first_group", _T.count_first_group,
 flags.DEFINE_enum("objective", _T.objective, ["a3", "ar", "mdm"],
                   "a3: two-stream grouped loss; ar: causal baseline; mdm: masked-diffusion baseline",
                   flag_values=F)
+flags.DEFINE_bool("mdm_shift", _T.mdm_shift,
+                  "--objective=mdm: position i predicts token i+1 (DiffuLLaMA's shift, "
+                  "for adapting a causal model)", flag_values=F)
+flags.DEFINE_integer("mdm_anneal_steps", _T.mdm_anneal_steps,
+                     "--objective=mdm: steps over which attention is annealed from causal "
+                     "to full (0 = full from the start)", flag_values=F)
 flags.DEFINE_string("curriculum", _D.curriculum,
                     "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
                     "the last stage runs on past its steps", flag_values=F)
@@ -65,6 +71,9 @@ flags.DEFINE_string("init_from", None, "start from pretrained weights: hf:DIR | 
                     flag_values=F)
 flags.DEFINE_integer("worker_count", _D.worker_count, "grain worker processes for tokenization",
                      flag_values=F)
+flags.DEFINE_bool("skip_nonfinite", _D.skip_nonfinite,
+                  "skip a batch whose loss or gradient norm is not finite (counted in metrics as "
+                  "skipped_nonfinite) instead of stopping the run", flag_values=F)
 
 
 def job_from_flags(fv: flags.FlagValues = F) -> Job:
@@ -78,7 +87,8 @@ def job_from_flags(fv: flags.FlagValues = F) -> Job:
   train = TrainConfig(lr=fv.lr, warmup_steps=fv.warmup_steps, total_steps=max(fv.steps, 1),
                       schedule=fv.schedule, weight_decay=fv.weight_decay, clip_norm=fv.clip_norm,
                       grad_accum=fv.grad_accum, z_loss=fv.z_loss,
-                      count_first_group=fv.count_first_group, objective=fv.objective)
+                      count_first_group=fv.count_first_group, objective=fv.objective,
+                      mdm_shift=fv.mdm_shift, mdm_anneal_steps=fv.mdm_anneal_steps)
   names = {f.name for f in dataclasses.fields(Job)} - {"train", "model_overrides"}
   return Job(train=train, model_overrides=tuple(overrides), **{n: getattr(fv, n) for n in names})
 

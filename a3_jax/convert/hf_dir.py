@@ -53,8 +53,11 @@ class HFDir:
     """Tensor name -> safetensors file, from the index or by listing every file."""
     index_path = os.path.join(self.path, INDEX_NAME)
     if os.path.isfile(index_path):
-      with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
+      try:
+        with open(index_path, encoding="utf-8") as f:
+          weight_map = json.load(f)["weight_map"]
+      except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{index_path} is not a safetensors index ({e})") from None
       files = {name: os.path.join(self.path, file) for name, file in weight_map.items()}
       absent = sorted({f for f in files.values() if not os.path.isfile(f)})
       if absent:
@@ -66,14 +69,14 @@ class HFDir:
                        "(PyTorch .bin checkpoints are not supported; re-save with safetensors)")
     files = {}
     for path in paths:
-      with safe_open(path, framework="numpy") as f:
+      with _safe_open(path) as f:
         files.update({name: path for name in f.keys()})
     return files
 
   def _handle(self, name: str):
     path = self._files[name]
     if path not in self._handles:
-      self._handles[path] = safe_open(path, framework="numpy")
+      self._handles[path] = _safe_open(path)
     return self._handles[path]
 
   def shape(self, name: str) -> tuple[int, ...] | None:
@@ -86,3 +89,12 @@ class HFDir:
 
   def tokenizer(self):
     return load_hf_tokenizer(self.path, self.hf_config)
+
+
+def _safe_open(path: str):
+  """safe_open, with a truncated or damaged file named in a UserError."""
+  try:
+    return safe_open(path, framework="numpy")
+  except Exception as e:  # safetensors raises its own SafetensorError
+    raise UserError(f"{path} is not a readable safetensors file (truncated or damaged: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

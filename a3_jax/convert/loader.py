@@ -52,6 +52,8 @@ def open_checkpoint(spec: str):
 
 
 def _export_config(path: str) -> ModelConfig:
+  if export.is_export(path):
+    return export.load_config(path)  # a damaged export says so itself
   try:
     return export.load_config(path)
   except ValueError as e:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 from a3_jax.convert.loader import load_pretrained, parse_spec
 from a3_jax.errors import UserError
 from a3_jax.export import save_export
+from a3_jax.rundir import check_out_dir
 from a3_jax.tokenizer import save_tokenizer
 
 
@@ -16,8 +16,7 @@ def convert(source: str, out_dir: str, dtype: str = "float32") -> str:
   Nothing is written to out_dir unless the whole export is."""
   if parse_spec(source)[0] == "export":
     raise UserError(f"--from must be hf:DIR or gguf:FILE, got {source!r}")
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise UserError(f"--out {out_dir} exists and is not empty")
+  check_out_dir(out_dir)
   params, config, tokenizer = load_pretrained(source, param_dtype=dtype)
   with tempfile.TemporaryDirectory() as tmp:
     return save_export(out_dir, params, config, save_tokenizer(tokenizer, tmp))

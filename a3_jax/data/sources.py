@@ -36,6 +36,8 @@ def json_text(line: bytes | str, where: str) -> str:
     document = json.loads(line)
   except json.JSONDecodeError as e:
     raise UserError(f"{where}: not JSON ({e})") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
   if not isinstance(document, dict) or not isinstance(document.get("text"), str):
     raise UserError(f"{where}: expected a JSON object with a string 'text' field")
   return document["text"]
@@ -43,7 +45,10 @@ def json_text(line: bytes | str, where: str) -> str:
 
 def _record_text(record: bytes | str, where: str) -> str:
   """A record's text: the `text` field of a JSON object, else the UTF-8 text itself."""
-  text = record.decode("utf-8") if isinstance(record, bytes) else record
+  try:
+    text = record.decode("utf-8") if isinstance(record, bytes) else record
+  except UnicodeDecodeError as e:
+    raise UserError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
   if text.startswith("{"):
     try:
       document = json.loads(text)
@@ -94,8 +99,11 @@ class TextFileSource(_DocumentSource):
     file_index = int(np.searchsorted(self._ends, index, side="right"))
     path, offsets = self._paths[file_index], self._offsets[file_index]
     if offsets is None:
-      with open(path, encoding="utf-8", newline="") as f:  # newline="": keep '\r' as written.
-        return f.read()
+      try:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": keep '\r' as written.
+          return f.read()
+      except UnicodeDecodeError as e:
+        raise UserError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
     line_index = index - (int(self._ends[file_index - 1]) if file_index else 0)
     with open(path, "rb") as f:
       f.seek(offsets[line_index])

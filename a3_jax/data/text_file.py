@@ -17,10 +17,15 @@ def read_texts(path: str) -> list[str]:
     if split not in SPLITS:
       raise UserError(f"--text_file={path}: the embedded corpus has splits {SPLITS}")
     return [text for _, text in load_works(split)]
+  if os.path.isdir(path):
+    raise UserError(f"--text_file={path} is a directory, not a text file")
   if not os.path.isfile(path):
-    raise UserError(f"text file {path} does not exist")
-  with open(path, encoding="utf-8", newline="") as f:
-    content = f.read()
+    raise UserError(f"--text_file={path} does not exist")
+  try:
+    with open(path, encoding="utf-8", newline="") as f:
+      content = f.read()
+  except UnicodeDecodeError as e:
+    raise UserError(f"--text_file={path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   if not content.strip():
     raise UserError(f"text file {path} is empty")
   if not path.endswith(".jsonl"):

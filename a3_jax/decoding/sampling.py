@@ -9,6 +9,8 @@ draw the same tokens from the same logits.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 
 import jax
@@ -29,12 +31,14 @@ class SamplerConfig:
   top_p: float = 1.0
 
   def __post_init__(self):
-    if self.temperature < 0:
-      raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+    # Field names are a3-generate's flag names; NaN fails every comparison below.
+    if not (math.isfinite(self.temperature) and self.temperature >= 0):
+      raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), "
+                      f"got {self.temperature}")
     if self.top_k < 0:
-      raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+      raise UserError(f"--top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
-      raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+      raise UserError(f"--top_p must be in (0, 1] (1 = off), got {self.top_p}")
 
 
 def position_keys(seed, row_ids_B, step, pos_BxQ, stream: int):

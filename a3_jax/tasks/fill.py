@@ -57,11 +57,12 @@ def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
 
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
          method: str = "a3", group_size: int = 1, eos_id: int | None = None,
-         seed: int = 0) -> tuple[np.ndarray, int]:
+         seed: int = 0, mdm_shift: bool = False) -> tuple[np.ndarray, int]:
   """(filled tokens [B, T], model calls of the longest row); see the module docstring.
 
   eos_id (a3, a3-dynamic): a row stops once it holds EOS with every earlier
-  blank filled; later blanks keep the pad token 0.
+  blank filled; later blanks keep the pad token 0. mdm_shift (mdm): the model was
+  adapted with the DiffuLLaMA shift (mdm.py).
   """
   if method not in METHODS:
     raise UserError(f"unknown fill method {method!r}; choose one of {METHODS}")
@@ -90,7 +91,8 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
   if method == "mdm":
     from a3_jax import mdm
     steps = math.ceil(most / group_size)
-    return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed), steps
+    return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed,
+                        shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
   out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)

@@ -92,7 +92,8 @@ def infill_layout(tokenizer, stories: Sequence[Story]):
 
 
 def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[Story], *,
-                    method: str = "a3", group_size: int = 1, batch_size: int = 8) -> dict:
+                    method: str = "a3", group_size: int = 1, batch_size: int = 8,
+                    mdm_shift: bool = False) -> dict:
   """ROUGE-1/2/L x 100 of the generated middles; also token accuracy and the texts."""
   if not stories:
     raise UserError("no examples to evaluate")
@@ -104,7 +105,7 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
       raise UserError(f"a story of {tokens.shape[1]} tokens exceeds the model's "
                        f"{config.max_seq_len} positions")
     out, n_calls = fill_lib.fill(params, config, tokens, known, valid, method=method,
-                                 group_size=group_size)
+                                 group_size=group_size, mdm_shift=mdm_shift)
     calls = max(calls, n_calls)
     for i, (a, b) in enumerate(spans):
       gold = tokenizer.encode(chunk[i].middle)
@@ -112,5 +113,7 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
       total += b - a
       predictions.append(tokenizer.decode(out[i, a:b]))
   scores = rouge(predictions, [st.middle for st in stories])
-  return {**scores, "token_accuracy": hits / max(total, 1), "examples": len(stories),
+  exact = np.mean([p.strip() == st.middle.strip() for p, st in zip(predictions, stories)])
+  return {**scores, "token_accuracy": hits / max(total, 1), "exact_match": float(exact),
+          "examples": len(stories),
           "model_calls": calls, "predictions": predictions}

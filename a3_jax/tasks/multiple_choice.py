@@ -122,17 +122,28 @@ def load_examples(task: str, spec: str, limit: int | None = None) -> list[Choice
 
 def evaluate_choices(params, config: ModelConfig, tokenizer, examples: Sequence[ChoiceExample],
                      *, reduction: str = "sum", head: str = "query",
-                     batch_size: int = 8) -> dict:
+                     batch_size: int = 8, elbo_samples: int = 16,
+                     mdm_shift: bool = False) -> dict:
   """Accuracy of the best-scoring choice: `accuracy` under `reduction` ('sum' or
-  'mean' token log-prob), and both `accuracy_sum` and `accuracy_mean`."""
+  'mean' token log-prob), and both `accuracy_sum` and `accuracy_mean`.
+
+  head 'mdm' (masked diffusion): the score is minus the continuation's conditional
+  NELBO (scoring.mdm_loglikelihoods, `elbo_samples` samples shared by an
+  example's choices; mdm_shift: the model was adapted with the DiffuLLaMA shift)."""
   if reduction not in ("sum", "mean"):
     raise UserError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
   if not examples:
     raise UserError("no examples to evaluate")
   pairs = [scoring.encode_pair(tokenizer, c, x) for ex in examples for c, x in ex.choices]
-  start = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.eos_id
-  logp, counts = scoring.loglikelihoods(params, config, pairs, head=head,
-                                        batch_size=batch_size, start_id=max(start, 0))
+  if head == "mdm":
+    noise_ids = [i for i, ex in enumerate(examples) for _ in ex.choices]
+    logp, counts = scoring.mdm_loglikelihoods(params, config, pairs, num_samples=elbo_samples,
+                                              noise_ids=noise_ids, shift=mdm_shift,
+                                              batch_size=batch_size)
+  else:
+    start = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.eos_id
+    logp, counts = scoring.loglikelihoods(params, config, pairs, head=head,
+                                          batch_size=batch_size, start_id=max(start, 0))
   hits = {"sum": 0, "mean": 0}
   offset = 0
   for ex in examples:

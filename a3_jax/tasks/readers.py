@@ -87,6 +87,8 @@ def read_records(spec: str) -> list[dict]:
   if spec.startswith("tfds:"):
     records = _read_tfds(spec)
   else:
+    if os.path.isdir(spec):
+      raise UserError(f"--task_data={spec} is a directory, not a task file")
     if not os.path.isfile(spec):
       raise UserError(f"task file {spec} does not exist")
     ext = os.path.splitext(spec)[1].lower()
@@ -94,7 +96,10 @@ def read_records(spec: str) -> list[dict]:
     if ext not in readers:
       raise UserError(f"task file {spec}: unknown format {ext!r}; expected .jsonl, .json "
                        "or .csv (or tfds:NAME[:SPLIT])")
-    records = readers[ext](spec)
+    try:
+      records = readers[ext](spec)
+    except UnicodeDecodeError as e:
+      raise UserError(f"task file {spec} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   if not records:
     raise UserError(f"task data {spec} holds no records")
   bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)

@@ -16,8 +16,9 @@ def run_task(task: str, data: str, params, config: ModelConfig, tokenizer, *,
              batch_size: int = 8, group_size: int = 1, max_new_tokens: int = 24) -> dict:
   """Metrics of `task` on `data` (a task file or tfds:NAME[:SPLIT]).
 
-  head: query (A3) | content (causal baseline) | mdm (masked diffusion; generation
-  tasks only). method overrides the fill method of the generation tasks.
+  head: query (A3) | content (causal baseline) | mdm (masked diffusion; multiple
+  choice by its conditional ELBO, as DiffuLLaMA). method overrides the fill method
+  of the generation tasks.
   """
   if task not in TASKS:
     raise UserError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -27,9 +28,6 @@ def run_task(task: str, data: str, params, config: ModelConfig, tokenizer, *,
     raise UserError(f"limit must be >= 1, got {limit}")
   out = {"task": task, "data": data, "head": head}
   if task in multiple_choice.TASKS:
-    if head == "mdm":
-      raise UserError("multiple-choice scoring needs exact log-probs: use head query or "
-                       "content (the masked-diffusion baseline has only a bound)")
     examples = multiple_choice.load_examples(task, data, limit)
     return {**out, **multiple_choice.evaluate_choices(
         params, config, tokenizer, examples, reduction=multiple_choice.TASKS[task][1],

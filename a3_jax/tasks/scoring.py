@@ -3,7 +3,9 @@
 The A3 way (head='query', the paper's protocol): the context is group 0 (its
 tokens see each other) and the continuation's tokens are singleton groups in
 order, so one pass gives sum_j log p(c_j | context, c_<j) exactly. The causal
-baseline (head='content'): the content stream with `ar` groups, shifted.
+baseline (head='content'): the content stream with `ar` groups, shifted. The
+masked-diffusion baseline (mdm_loglikelihoods, DiffuLLaMA's protocol): minus the
+NELBO of the continuation given the context, Monte Carlo over masks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+import jax
+
+from a3_jax import mdm
 from a3_jax.config import ModelConfig
 from a3_jax.evaluate import HEADS, grouped_logprobs
 from a3_jax.errors import UserError
@@ -81,4 +86,45 @@ def loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *, head: 
       tok[i, :len(t)], grp[i, :len(t)], seg[i, :len(t)], scored[i, :len(t)] = t, g, 1, sc
     lp = grouped_logprobs(params, config, tok, grp, seg, head=head)
     logp[s:s + len(chunk)] = np.where(scored, lp, 0.0).sum(axis=1)[:len(chunk)]
+  return logp, counts
+
+
+def mdm_loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *,
+                       num_samples: int = 16, noise_ids: Sequence[int] | None = None,
+                       seed: int = 0, shift: bool = False, batch_size: int = 8,
+                       max_len: int | None = None,
+                       mask_id: int = mdm.MASK_ID) -> tuple[np.ndarray, np.ndarray]:
+  """(-NELBO of continuation | context [n], continuation token counts [n]): the
+  diffusion model's score of each pair, a lower bound on log p(continuation | context).
+
+  Only continuation tokens are masked (each with probability t) and scored; the
+  context is always seen. Pairs with the same noise id (the choices of one
+  example) share their times and, token by token from the continuation's start,
+  their masks, so choices are compared under common random numbers.
+  """
+  max_len = min(max_len or config.max_seq_len, config.max_seq_len)
+  noise_ids = list(range(len(pairs))) if noise_ids is None else list(noise_ids)
+  rows = [_row(c, x, "query", max_len, 0) for c, x in pairs]
+  counts = np.asarray([int(r[2].sum()) for r in rows])
+  base = jax.random.key(seed)
+  logp = np.zeros(len(rows))
+  for s in range(0, len(rows), batch_size):
+    chunk = rows[s:s + batch_size]
+    width = _bucket(max(len(r[0]) for r in chunk), max_len)
+    tok, seg = np.zeros((batch_size, width), np.int32), np.zeros((batch_size, width), np.int32)
+    masked = np.zeros((num_samples, batch_size, width), bool)
+    t_KxB = np.ones((num_samples, batch_size), np.float32)
+    for i, (t, _, scored) in enumerate(chunk):
+      key = jax.random.fold_in(base, noise_ids[s + i])
+      time_key, mask_key = jax.random.split(key)
+      t_KxB[:, i] = np.asarray(mdm.stratified_times(time_key, (num_samples,)))
+      n_ctx, n = int(np.argmax(scored)), len(t)
+      u_KxN = np.asarray(jax.random.uniform(mask_key, (num_samples, max_len)))[:, :n - n_ctx]
+      tok[i, :n], seg[i, :n] = t, 1
+      masked[:, i, n_ctx:n] = u_KxN < t_KxB[:, i:i + 1]
+    if shift:
+      masked[:, :, 0] = False  # nothing predicts a row's first token
+    terms_KxB = mdm.elbo_terms(params, config, tok, masked, t_KxB, seg, mask_id=mask_id,
+                               shift=shift)
+    logp[s:s + len(chunk)] = -terms_KxB.mean(axis=0)[:len(chunk)]
   return logp, counts
