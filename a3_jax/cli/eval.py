@@ -112,7 +112,7 @@ def _check_flags() -> None:
   for name in ("orders", "window", "batch_size", "elbo_samples", "group_size", "max_new_tokens"):
     if getattr(F, name) is not None and getattr(F, name) < 1:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
-  if F.context < 0:
+  if F.context is not None and F.context < 0:
     raise UserError(f"--context must be >= 0, got {F.context}")
   if F.limit is not None and F.limit < 1:
     raise UserError(f"--limit must be >= 1, got {F.limit}")
