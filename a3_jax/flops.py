@@ -83,9 +83,9 @@ def mfu_report(config: ModelConfig, seq_len: int, tokens_per_s: float,
 
 
 # Model FLOP/s (as counted here) a CPU core sustains on this workload (fp32 XLA, d_model
-# 256): 1,290 tokens/s of the `small` step on a 2-core machine at load ~2
-# (benchmarks/step_ratio.py) = 27 GFLOP/s a core.
-CPU_FLOPS_PER_CORE = 27e9
+# 256): the default `a3-train` (360 steps of 8 x 256 at the `small` preset) ran in 5m41s
+# on a quiet 2-core machine where 27e9 predicted 9m40s: ~46 GFLOP/s a core.
+CPU_FLOPS_PER_CORE = 46e9
 
 
 def expected_seconds(config: ModelConfig, seq_len: int, tokens: float,
