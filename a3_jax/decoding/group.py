@@ -76,13 +76,8 @@ def decode_groups(params, config: ModelConfig, tokens_BxT, groups_BxT, *,
   grouping, length).
   """
   decode_loop.check_form(form)
-  groups = np.asarray(groups_BxT)
-  tokens = np.asarray(tokens_BxT)
-  if groups.shape != tokens.shape or not np.issubdtype(groups.dtype, np.integer):
-    raise UserError(f"group ids must be integers shaped like the tokens {tokens.shape}, "
-                     f"got {groups.dtype} {groups.shape}")
-  rows = decode_loop.check_tokens(config, tokens, groups == 0, row_ids)
-  decode_loop.check_special_ids(config, eos_id, pad_id)
+  tokens, groups, rows = decode_loop.check_schedule(config, tokens_BxT, groups_BxT, "group",
+                                                     row_ids, eos_id, pad_id)
   group_size = largest_group(groups)
   if max_group_size is not None:
     if not group_size <= max_group_size <= tokens.shape[1]:

@@ -114,6 +114,20 @@ def check_tokens(config: ModelConfig, tokens: np.ndarray, known: np.ndarray,
   return rows.astype(np.int32)
 
 
+def check_schedule(config: ModelConfig, tokens_BxT, ids_BxT, what: str, row_ids,
+                   eos_id: int | None, pad_id: int):
+  """Validates a decoder's inputs: integer ids [B, T] shaped like the tokens (0 = known),
+  the tokens, the row ids and the special ids. Returns (tokens, ids, row ids) as numpy."""
+  ids = np.asarray(ids_BxT)
+  tokens = np.asarray(tokens_BxT)
+  if ids.shape != tokens.shape or not np.issubdtype(ids.dtype, np.integer):
+    raise UserError(f"{what} ids must be integers shaped like the tokens {tokens.shape}, "
+                    f"got {ids.dtype} {ids.shape}")
+  rows = check_tokens(config, tokens, ids == 0, row_ids)
+  check_special_ids(config, eos_id, pad_id)
+  return tokens, ids, rows
+
+
 def check_special_ids(config: ModelConfig, eos_id: int | None, pad_id: int) -> None:
   for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
     if value is not None and not 0 <= value < config.vocab_size:

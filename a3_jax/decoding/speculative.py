@@ -126,13 +126,8 @@ def decode_speculative(params, config: ModelConfig, tokens_BxT, order_BxT, *,
   """
   if draft_size < 1:
     raise UserError(f"draft size must be >= 1, got {draft_size}")
-  order = np.asarray(order_BxT)
-  tokens = np.asarray(tokens_BxT)
-  if order.shape != tokens.shape or not np.issubdtype(order.dtype, np.integer):
-    raise UserError(f"order ids must be integers shaped like the tokens {tokens.shape}, "
-                    f"got {order.dtype} {order.shape}")
-  rows = decode_loop.check_tokens(config, tokens, order == 0, row_ids)
-  decode_loop.check_special_ids(config, eos_id, pad_id)
+  tokens, order, rows = decode_loop.check_schedule(config, tokens_BxT, order_BxT, "order",
+                                                    row_ids, eos_id, pad_id)
   sigma, count, rank = sigma_ranks(order)
   return _decode(meta.unbox(params), jnp.asarray(tokens, jnp.int32), jnp.asarray(sigma),
                  jnp.asarray(count), jnp.asarray(rank), jnp.int32(seed), rows,
