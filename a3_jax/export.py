@@ -151,24 +151,3 @@ def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str
       from a3_jax.checkpoint import describe_damage
       raise UserError(f"export {path} is damaged: params/: {describe_damage(ckpt, e)}") from None
   return params, config, tokenizer_file(path)
-
-
-def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3",
-               step: int | None = None) -> str:
-  """A training run's checkpoint (`step`, default the latest) -> an export in `out`
-  (fmt 'a3') or a transformers LLaMA directory (fmt 'hf'); returns its path."""
-  from a3_jax.checkpoint import restore_params
-  from a3_jax.rundir import check_out_dir
-  if not os.path.exists(workdir):
-    raise UserError(f"--workdir={workdir} does not exist")
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir} is a file, not a training run directory")
-  check_out_dir(out)
-  params, meta, step = restore_params(workdir, step)
-  config = ModelConfig.from_dict(meta["model_config"])
-  tokenizer = tokenizer_file(workdir)
-  if fmt == "hf":
-    from a3_jax.convert.hf_export import export_hf
-    return export_hf(out, params, config, tokenizer, dtype=dtype)
-  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"]}
-  return save_export(out, params, config, tokenizer, dtype=dtype, run_flags=flags_of_run)

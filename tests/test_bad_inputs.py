@@ -36,7 +36,7 @@ from a3_jax.cli import train as train_cli
 from a3_jax.cli.common import user_errors
 from a3_jax.convert.loader import load_model
 from a3_jax.data.text_file import read_texts
-from a3_jax.export import export_run
+from a3_jax.run_export import export_run
 from a3_jax.plot import plot_run
 from a3_jax.decoding.prompt import parse_prompt
 from a3_jax.decoding.sampling import SamplerConfig

@@ -68,7 +68,7 @@ def test_sigterm_saves_before_exit_and_export_loads(tmp_path):
   steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps and max(steps) >= 3
   from a3_jax.export import load_export
-  from a3_jax.export import export_run
+  from a3_jax.run_export import export_run
   out_dir = export_run(str(workdir), str(tmp_path / "export"), dtype="bfloat16")
   params, config, tokenizer = load_export(out_dir)
   assert config.param_dtype == "bfloat16" and tokenizer.endswith("tokenizer.model")

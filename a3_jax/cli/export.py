@@ -10,7 +10,7 @@ import sys
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.export import export_run
+from a3_jax.run_export import export_run
 from a3_jax.errors import UserError
 
 F = flags.FlagValues()
