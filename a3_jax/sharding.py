@@ -55,11 +55,8 @@ def _check_rules(rules) -> None:
 _check_rules(RULES)
 
 
-def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
-  """'data:2,fsdp:2,tensor:2' -> sizes of all three axes (missing ones are 1).
-
-  One axis may be -1: it takes the devices the others leave.
-  """
+def _axis_sizes(spec: str) -> tuple[dict[str, int], str | None]:
+  """The sizes a mesh spec gives (missing axes 1, the -1 axis 1 for now) and the -1 axis."""
   sizes = {axis: 1 for axis in MESH_AXES}
   seen, rest = set(), None
   for item in [s for s in spec.split(",") if s.strip()]:
@@ -82,6 +79,15 @@ def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
       raise UserError(f"malformed --mesh={spec}: size of {name!r} must be >= 1 or -1")
     else:
       sizes[name] = size
+  return sizes, rest
+
+
+def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
+  """'data:2,fsdp:2,tensor:2' -> sizes of all three axes (missing ones are 1).
+
+  One axis may be -1: it takes the devices the others leave.
+  """
+  sizes, rest = _axis_sizes(spec)
   known = math.prod(sizes.values())
   if rest is not None:
     if num_devices % known:
@@ -91,6 +97,13 @@ def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
     raise UserError(f"--mesh={spec} uses {math.prod(sizes.values())} devices, "
                      f"but {num_devices} are available")
   return sizes
+
+
+def mesh_device_count(spec: str, rest_default: int = 8) -> int:
+  """Devices a mesh spec names: the product of its sizes, or `rest_default` when one
+  axis is -1 (it takes whatever there is). A malformed spec is a UserError."""
+  sizes, rest = _axis_sizes(spec)
+  return rest_default if rest is not None else math.prod(sizes.values())
 
 
 def make_mesh(spec: str = "data:-1", devices=None) -> jax.sharding.Mesh:

@@ -152,9 +152,14 @@ def validate_mesh(job: Job, mesh) -> None:
   if rows % jax.process_count():  # each process loads the rows of its own devices
     raise UserError(f"--mesh={job.mesh}: data*fsdp ({rows}) must be a multiple of the "
                      f"number of processes ({jax.process_count()})")
+  check_batch_rows(job, rows)
+
+
+def check_batch_rows(job: Job, rows: int) -> None:
+  """The global batch splits evenly over `rows` = data*fsdp devices and grad_accum."""
   if job.batch_size % (rows * job.train.grad_accum):
     raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
-                     f"({rows}) * grad_accum ({job.train.grad_accum})")
+                    f"({rows}) * grad_accum ({job.train.grad_accum})")
 
 
 def check_numbers(job: Job) -> None:

@@ -31,27 +31,12 @@ flags.DEFINE_bool("compile", False, "also compile the train step and report its 
                   flag_values=F)
 
 
-def _mesh_devices(spec: str) -> int:
-  """Devices a mesh spec names (8 when an axis is -1); malformed specs: UserError."""
-  from a3_jax.sharding import parse_mesh_spec
-  try:
-    sizes = [int(item.partition(":")[2]) for item in spec.split(",") if item.strip()]
-  except ValueError:
-    parse_mesh_spec(spec, 1)  # raises the malformed-spec message
-    raise
-  if -1 in sizes:
-    return 8
-  if any(size < 1 for size in sizes):
-    parse_mesh_spec(spec, 1)
-  return math.prod(sizes)
-
-
 def _device_count(argv) -> int:
   """Parses the flags early: the CPU backend must know the device count before it starts,
   and a job that cannot fit its mesh is refused before thousands of fake devices exist
   (the CPU backend takes minutes to start 10,000). A malformed flag is main's to report."""
-  from a3_jax.sharding import parse_mesh_spec
-  from a3_jax.trainer import check_numbers
+  from a3_jax.sharding import mesh_device_count, parse_mesh_spec
+  from a3_jax.trainer import check_batch_rows, check_numbers
   try:
     F(argv, known_only=True)
   except (flags.Error, UnicodeDecodeError, OSError):
@@ -60,14 +45,11 @@ def _device_count(argv) -> int:
   try:
     if F.devices is not None and F.devices < 1:
       raise UserError(f"--devices must be >= 1, got {F.devices}")
-    count = F.devices or _mesh_devices(F.mesh)
+    count = F.devices or mesh_device_count(F.mesh)
     sizes = parse_mesh_spec(F.mesh, count)
     job = train_cli.job_from_flags(F)
     check_numbers(job)
-    rows = sizes["data"] * sizes["fsdp"]
-    if job.batch_size % (rows * job.train.grad_accum):
-      raise UserError(f"--batch_size={job.batch_size} must be divisible by data*fsdp "
-                      f"({rows}) * grad_accum ({job.train.grad_accum})")
+    check_batch_rows(job, sizes["data"] * sizes["fsdp"])
     return count
   finally:
     F.unparse_flags()
