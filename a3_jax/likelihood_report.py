@@ -24,14 +24,23 @@ def window_and_context(checkpoint: str, config, window: int | None = None,
   return window, context
 
 
+def trained_mdm_shift(checkpoint: str, override: bool | None = None) -> bool:
+  """Whether an MDM was adapted with the DiffuLLaMA shift: `override` where given, else
+  the training flags saved with an export (False where none, e.g. hf:/gguf: models)."""
+  if override is not None:
+    return override
+  trained = run_flags(checkpoint).get("train", {}) if is_export(checkpoint) else {}
+  return bool(trained.get("mdm_shift", False))
+
+
 def likelihood_report(params, config, tokenizer, texts: list[str], names: list[str], *,
                       checkpoint: str, text_file: str, head: str = "query", orders: int = 4,
                       window: int = 1024, context: int = 0, batch_size: int = 8, seed: int = 0,
-                      elbo_samples: int = 16, mask_id: int = 0,
+                      elbo_samples: int = 16, mask_id: int = 0, mdm_shift: bool = False,
                       curve_png: str | None = None, progress=None) -> dict:
   """Exact NLL of `texts` under each grouping in `names` (head 'query' or 'content'),
   per token and (head 'query', which scores every token) per character, or the MDM
-  NELBO (head 'mdm'); with `curve_png`, also the parallelism curve drawn there. One
+  NELBO (head 'mdm'; mdm_shift: of a model adapted with the DiffuLLaMA shift); with `curve_png`, also the parallelism curve drawn there. One
   JSON-able dict; `format_likelihood` renders it. `progress(message)` hears how far
   each grouping has got."""
   ids = encode_texts(tokenizer, texts, text_file, 2 if head == "content" else 1)
@@ -42,7 +51,7 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
   if head == "mdm":
     from a3_jax import mdm
     results = [mdm.nelbo_texts(params, config, ids, num_samples=elbo_samples,
-                               mask_id=mask_id, **common)]
+                               mask_id=mask_id, shift=mdm_shift, **common)]
   else:
     results = []
     for g in names:
@@ -55,7 +64,7 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
     for r in results if head == "query" else ():
       r["nll_per_char"] = r["nll_per_token"] * r["tokens"] / chars
   out = {"checkpoint": checkpoint, "text_file": text_file, "head": head,
-         "documents": len(ids), "window": window, "context": context, "results": results}
+         **({"mdm_shift": mdm_shift} if head == "mdm" else {}), "documents": len(ids), "window": window, "context": context, "results": results}
   if curve_png:
     curve = evaluate.parallelism_curve(params, config, ids, orders=orders,
                                        batch_size=batch_size, **common)

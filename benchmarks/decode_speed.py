@@ -11,7 +11,13 @@ full re-run over all positions), so it is timed on the first
 --recompute_new_tokens blanks of the same layout, the rest held as padding.
 
 Dynamic resampling (confidence, 4 commits a step) is timed cached over every
-blank and in its recompute form over the first --recompute_new_tokens blanks.
+blank and in its recompute form over the first --recompute_new_tokens blanks,
+once with every blank a candidate and once semi-autoregressively (candidates
+from the leftmost unfinished block of --dynamic_block_size blanks). With every
+blank a candidate, a cached step still runs a query row per remaining blank
+(~(T - prompt) / 2 on average) against the recompute form's T content rows plus
+the same query rows, so its FLOP advantage is at most ~(T + Q) / Q (~2.8x at
+T=512, prompt 64): only smaller candidate sets (blocks) can give ~10x.
 The floor is a minimal decoding loop written here (jax only): per step, 2k rows
 (k content rows of the last commits + k query rows, as a cached A3 step) through
 the same layers against a preallocated cache written with dynamic_update_slice,
@@ -20,7 +26,8 @@ per-layer weights unstacked once outside the loop.
 Last line: one JSON object with every figure, per batch size the ratios
 "b{B}_cached_vs_recompute_k4", "b{B}_group4_vs_ar", "b{B}_group4_vs_floor" (a3
 group-4 step time over the floor's; target <= 1.2) and
-"b{B}_dynamic4_cached_vs_recompute", and the headlines without "b{B}_": the
+"b{B}_dynamic4_cached_vs_recompute", "b{B}_dynamic4_block{N}_cached_vs_recompute",
+and the headlines without "b{B}_": the
 smaller over the batch sizes (the larger for group4_vs_floor).
 
   python benchmarks/decode_speed.py [--quick]
@@ -52,6 +59,7 @@ flags.DEFINE_list("batch_sizes", ["1", "8"], "batch sizes")
 flags.DEFINE_list("group_sizes", ["1", "2", "4", "8"], "group sizes k of cached decoding")
 flags.DEFINE_integer("recompute_group_size", 4, "k of the recompute form")
 flags.DEFINE_integer("recompute_new_tokens", 64, "blanks timed for the recompute form")
+flags.DEFINE_integer("dynamic_block_size", 32, "semi-AR block of the second dynamic timing")
 flags.DEFINE_integer("repeats", 3, "timed runs per figure (median reported)")
 flags.DEFINE_bool("quick", False, "2 timed runs and 32 recompute tokens")
 flags.DEFINE_string("compile_cache", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"),
@@ -76,12 +84,12 @@ def _tokens_per_s(params, cfg, tokens, groups, form, repeats):
   return int((groups > 0).sum()) / seconds
 
 
-def _dynamic_tokens_per_s(params, cfg, tokens, known, valid, form, repeats):
+def _dynamic_tokens_per_s(params, cfg, tokens, known, valid, form, repeats, block_size=0):
   def once(valid):
     start = time.perf_counter()
     jax.block_until_ready(dynamic.decode_dynamic(
         params, cfg, tokens, known, valid_BxT=valid, criterion="confidence",
-        commit_per_step=4, form=form).tokens)
+        commit_per_step=4, block_size=block_size, form=form).tokens)
     return time.perf_counter() - start
 
   once(valid)  # compile
@@ -182,14 +190,17 @@ def main(argv):
       print(f"batch {b}  group-4 {a3_ms:.3f} ms/step, plain-JAX floor {floor_ms:.3f} ms/step",
             flush=True)
     valid = np.ones_like(known)
-    for form, blanks in (("cached", FLAGS.length), ("recompute", FLAGS.prompt + recompute_tokens)):
-      valid_f = valid.copy()
-      valid_f[:, blanks:] = False
-      rate = _dynamic_tokens_per_s(params, cfg, tokens, known, valid_f, form, repeats)
-      results[f"b{b}_dynamic4_{form}"] = round(rate, 1)
-      print(f"batch {b}  dynamic-4  {form}: {rate:9.1f} tokens/s", flush=True)
-    results[f"b{b}_dynamic4_cached_vs_recompute"] = round(
-        results[f"b{b}_dynamic4_cached"] / results[f"b{b}_dynamic4_recompute"], 2)
+    for block in (0, FLAGS.dynamic_block_size):
+      name = f"b{b}_dynamic4" + (f"_block{block}" if block else "")
+      for form, blanks in (("cached", FLAGS.length),
+                           ("recompute", FLAGS.prompt + recompute_tokens)):
+        valid_f = valid.copy()
+        valid_f[:, blanks:] = False
+        rate = _dynamic_tokens_per_s(params, cfg, tokens, known, valid_f, form, repeats, block)
+        results[f"{name}_{form}"] = round(rate, 1)
+        print(f"batch {b}  {name[len(f'b{b}_'):]}  {form}: {rate:9.1f} tokens/s", flush=True)
+      results[f"{name}_cached_vs_recompute"] = round(
+          results[f"{name}_cached"] / results[f"{name}_recompute"], 2)
   # Headline ratios: the smaller over the batch sizes.
   k = FLAGS.recompute_group_size
   for b in [int(x) for x in FLAGS.batch_sizes]:
@@ -199,9 +210,11 @@ def main(argv):
     if f"b{b}_cached_k4" in results and f"b{b}_cached_k1" in results:
       results[f"b{b}_group4_vs_ar"] = round(
           results[f"b{b}_cached_k4"] / results[f"b{b}_cached_k1"], 2)
+  block = f"dynamic4_block{FLAGS.dynamic_block_size}_cached_vs_recompute"
   for name in (f"cached_vs_recompute_k{k}", "group4_vs_ar", "dynamic4_cached_vs_recompute",
-               "group4_vs_floor"):
-    values = [v for key, v in results.items() if key.endswith("_" + name)]
+               block, "group4_vs_floor"):
+    values = [v for key, v in results.items()
+              if key.startswith("b") and key.split("_", 1)[1] == name]
     if values:
       results[name] = (max if name == "group4_vs_floor" else min)(values)
   print(json.dumps(results))

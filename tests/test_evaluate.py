@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -196,7 +197,23 @@ def test_cli_likelihood_curve_and_json(export_dir, tmp_path):
   code, stdout, stderr = _eval(f"--checkpoint={export_dir}", f"--text_file={text}",
                                "--head=mdm", "--elbo_samples=2", "--json")
   assert code == 0, stderr[-2000:]
-  assert json.loads(stdout)["results"][0]["nelbo_per_token"] > 0
+  unshifted = json.loads(stdout)
+  assert unshifted["results"][0]["nelbo_per_token"] > 0 and not unshifted["mdm_shift"]
+  # A DiffuLLaMA-style export (a3-train --mdm_shift) is scored shifted without being told.
+  shifted_export = tmp_path / "shifted"
+  shutil.copytree(export_dir, shifted_export)
+  (shifted_export / "flags.json").write_text(json.dumps({"train": {"mdm_shift": True}}))
+  nelbos = {}
+  for name, args in {"from_flags": (f"--checkpoint={shifted_export}",),
+                     "told": (f"--checkpoint={export_dir}", "--mdm_shift")}.items():
+    code, stdout, stderr = _eval(*args, f"--text_file={text}", "--head=mdm",
+                                 "--elbo_samples=2", "--json")
+    assert code == 0, stderr[-2000:]
+    out = json.loads(stdout)
+    assert out["mdm_shift"]
+    nelbos[name] = out["results"][0]["nelbo_per_token"]
+  assert nelbos["from_flags"] == nelbos["told"]
+  assert nelbos["told"] != unshifted["results"][0]["nelbo_per_token"]
 
 
 @pytest.mark.slow

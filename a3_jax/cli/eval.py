@@ -28,7 +28,8 @@ from a3_jax import evaluate
 from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
 from a3_jax.data.text_file import read_texts
-from a3_jax.likelihood_report import format_likelihood, likelihood_report, window_and_context
+from a3_jax.likelihood_report import (format_likelihood, likelihood_report, trained_mdm_shift,
+                                      window_and_context)
 from a3_jax.errors import UserError
 from a3_jax.tasks.fill import METHODS
 from a3_jax.tasks.run import TASKS
@@ -58,6 +59,9 @@ flags.DEFINE_integer("elbo_samples", 16, "Monte Carlo samples of the MDM ELBO", 
 flags.DEFINE_integer("mask_id", 0, "--head=mdm: the mask token id the model was trained with "
                      "(a3-train --objective=mdm uses 0, the embedded tokenizer's pad id)",
                      flag_values=F)
+flags.DEFINE_bool("mdm_shift", None, "--head=mdm: the model predicts token i + 1 at position i "
+                  "(DiffuLLaMA-style adaptation, a3-train --mdm_shift); default: from the "
+                  "export's training flags", flag_values=F)
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
                   "group sizes 1, 2, 4, 8, 16 (table + PNG)", flag_values=F)
 flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG",
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
           text_file=F.text_file, head=F.head, orders=F.orders, window=window,
           context=context, batch_size=F.batch_size, seed=F.seed,
           elbo_samples=F.elbo_samples, mask_id=F.mask_id,
+          mdm_shift=trained_mdm_shift(F.checkpoint, F.mdm_shift),
           curve_png=F.curve_png if F.curve else None, progress=_progress)
       text = format_likelihood(out)
     elif F.conditional:
@@ -161,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       out = run_task(F.task, F.task_data, params, config, tokenizer, head=F.head,
                      method=F.fill_method, limit=F.limit, batch_size=F.batch_size,
-                     group_size=F.group_size, max_new_tokens=F.max_new_tokens)
+                     group_size=F.group_size, max_new_tokens=F.max_new_tokens,
+                     mdm_shift=trained_mdm_shift(F.checkpoint, F.mdm_shift))
       text = format_task(out)
     if F.json:  # stdout: the one JSON object; the table goes to stderr
       print(text, file=sys.stderr, flush=True)

@@ -82,8 +82,9 @@ def load_examples(spec: str, limit: int | None = None) -> list[QAExample]:
 
 def evaluate_qa(params, config: ModelConfig, tokenizer, examples: Sequence[QAExample], *,
                 method: str = "a3", max_new_tokens: int = 24, batch_size: int = 8,
-                group_size: int = 1) -> dict:
-  """Exact-match accuracy (alias matching) of greedy answers; also the predictions."""
+                group_size: int = 1, mdm_shift: bool = False) -> dict:
+  """Exact-match accuracy (alias matching) of greedy answers; also the predictions.
+  mdm_shift (method mdm): the model was adapted with the DiffuLLaMA shift."""
   if not examples:
     raise UserError("no examples to evaluate")
   prompts = [tokenizer.encode(prompt(ex.question)) for ex in examples]
@@ -102,7 +103,7 @@ def evaluate_qa(params, config: ModelConfig, tokenizer, examples: Sequence[QAExa
       valid[i, :len(p) + max_new_tokens] = True
     valid[len(chunk):] = False
     out, _ = fill_lib.fill(params, config, tokens, known, valid, method=method,
-                           group_size=group_size,
+                           group_size=group_size, mdm_shift=mdm_shift,
                            eos_id=tokenizer.eos_id if tokenizer.eos_id >= 0 else None)
     for i, p in enumerate(chunk):
       new = [int(x) for x in out[i, len(p):len(p) + max_new_tokens]]
