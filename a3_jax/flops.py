@@ -53,6 +53,8 @@ def flops_per_token(config: ModelConfig, seq_len: int, strategy: Strategy | None
   head = 2 * d * config.vocab_size
   attn_pair = 4 * n * h
   t = float(seq_len)
+  if strategy is not None and strategy.kind == "causal":  # a3's causal-LM stage
+    objective = "ar"
   if objective in ("ar", "mdm"):  # one stream; mdm attends to the whole row
     per_layer = q_o + k_v + mlp + attn_pair * (t if objective == "mdm" else (t + 1) / 2)
     return 3.0 * (config.num_layers * per_layer + head)

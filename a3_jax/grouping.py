@@ -10,7 +10,12 @@ the document, so packing never changes a document's grouping structure.
   mix:S=w,... each row draws one of the strategies S with probability ~ w
 
 A curriculum is a list of (strategy, steps); `stage_groups` selects the stage
-with `lax.switch` on a traced index, so changing stages never recompiles.
+with `lax.switch` on a traced index, so changing stages never recompiles. A
+curriculum stage may also be
+
+  causal      the content stream trained as a causal LM (the AR model the paper
+              adapts from; one stream, so about half the cost of an A3 step);
+              groups = pos. A stage, not a grouping: it has no query stream to score.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from a3_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """kind in {'ar', 'block', 'perm', 'mix'}; k for block/perm; parts for mix."""
+  """kind in {'ar', 'block', 'perm', 'mix', 'causal'}; k for block/perm; parts for mix
+  ('causal' only as a curriculum stage)."""
 
   kind: str
   k: int = 1
@@ -34,8 +40,8 @@ class Strategy:
 
   @property
   def name(self) -> str:
-    if self.kind == "ar":
-      return "ar"
+    if self.kind in ("ar", "causal"):
+      return self.kind
     if self.kind == "mix":
       return "mix:" + ",".join(f"{s.name}={w:g}" for s, w in self.parts)
     return f"{self.kind}:{self.k}"
@@ -97,7 +103,7 @@ def _perm_groups(key, seg_BxT, k: int):
 def sample_groups(strategy: Strategy, key, seg_BxT, pos_BxT):
   """Group ids [B, T] int32 for one strategy (traceable; key may be unused)."""
   pos_BxT = jnp.asarray(pos_BxT, jnp.int32)
-  if strategy.kind == "ar":
+  if strategy.kind in ("ar", "causal"):
     return pos_BxT
   if strategy.kind == "block":
     return pos_BxT // strategy.k
@@ -139,9 +145,18 @@ class Curriculum:
   def stage_name(self, step: int) -> str:
     return self.stages[int(np.searchsorted(self.boundaries, step, side="right"))][0].name
 
+  @property
+  def has_causal(self) -> bool:
+    return any(s.kind == "causal" for s, _ in self.stages)
+
+  def is_causal(self, stage_index):
+    """bool (traced like stage_index): the stage trains the causal content stream."""
+    return jnp.asarray([s.kind == "causal" for s, _ in self.stages])[stage_index]
+
 
 def parse_curriculum(spec: str) -> Curriculum:
-  """Parses 'ar:300,block:2:200,perm:4:300' (STRATEGY:STEPS, comma separated).
+  """Parses 'ar:300,block:2:200,perm:4:300' (STRATEGY:STEPS, comma separated;
+  'causal:STEPS' is a causal-LM stage, see the module docstring).
 
   A mixture stage lists its parts after 'mix:' and ends with the steps:
   'mix:perm:8=0.5,block:8=0.5:400'.
@@ -163,7 +178,9 @@ def parse_curriculum(spec: str) -> Curriculum:
     if steps < 1:
       raise UserError(f"curriculum stage {text!r} must end with ':STEPS' (a positive "
                        f"integer), as in 'ar:300,block:2:200,perm:4:300'")
-    stages.append((parse_strategy(strategy_spec), steps))
+    strategy = (Strategy("causal") if strategy_spec.strip() == "causal"
+                else parse_strategy(strategy_spec))
+    stages.append((strategy, steps))
   return Curriculum(tuple(stages))
 
 

@@ -148,23 +148,40 @@ def batch_groups(curriculum: Curriculum, step, key, batch):
   return stage, stage_groups(curriculum, stage, key, batch["segment_ids"], batch["positions"])
 
 
-def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None):
+def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None,
+               causal=None):
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
   batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
   which objective 'mdm' draws its noise (the grouping then gives its attention
-  groups: mdm.anneal_groups, all 0 = full attention).
+  groups: mdm.anneal_groups, all 0 = full attention). causal: a traced bool
+  (objective 'a3', a curriculum with a 'causal' stage): this step trains the
+  content stream as a causal LM instead (lax.cond: only one branch runs).
   """
   if tc.objective == "mdm":
     return mdm.loss_stats(model, tc, params, batch, key, groups_BxT)
-  tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   if tc.objective == "ar":
-    content, _ = stream_rows(pos, seg, pos)
-    h, _, _ = model.apply(params, tokens, content, None, method=A3LM.forward)
-    logits = model.apply(params, h[:, :-1], method=A3LM.logits)
-    # Next-token loss inside each document: the target must share the segment.
-    weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
-    return grouped_nll(logits, tokens[:, 1:], weights, tc.z_loss)
+    return _causal_stats(model, tc, params, batch)
+  if causal is None:
+    return _a3_stats(model, tc, params, batch, groups_BxT)
+  return jax.lax.cond(causal, lambda: _causal_stats(model, tc, params, batch),
+                      lambda: _a3_stats(model, tc, params, batch, groups_BxT))
+
+
+def _causal_stats(model: A3LM, tc: TrainConfig, params, batch):
+  """Next-token loss of the content stream (the causal LM)."""
+  tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
+  content, _ = stream_rows(pos, seg, pos)
+  h, _, _ = model.apply(params, tokens, content, None, method=A3LM.forward)
+  logits = model.apply(params, h[:, :-1], method=A3LM.logits)
+  # Next-token loss inside each document: the target must share the segment.
+  weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
+  return grouped_nll(logits, tokens[:, 1:], weights, tc.z_loss)
+
+
+def _a3_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
+  """The grouped loss of the query stream (the A3 objective)."""
+  tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   content, query = stream_rows(groups_BxT, seg, pos)
   _, g, _ = model.apply(params, tokens, content, query, method=A3LM.forward, content_out=False)
   logits = model.apply(params, g, method=A3LM.logits)
@@ -179,10 +196,10 @@ def loss_fn(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
   return (stats["nll"] + stats["z"]) / count, stats
 
 
-def _accumulated_grads(model, tc, params, batch, groups_BxT, key):
+def _accumulated_grads(model, tc, params, batch, groups_BxT, key, causal=None):
   """Gradient of the token-mean loss over grad_accum micro-batches (scan)."""
   def sum_loss(p, micro, groups, k):
-    stats = loss_stats(model, tc, p, micro, groups, k)
+    stats = loss_stats(model, tc, p, micro, groups, k, causal)
     return stats["nll"] + stats["z"], stats
 
   grad_fn = jax.grad(sum_loss, has_aux=True)
@@ -237,7 +254,9 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
     if tc.objective == "mdm":  # the curriculum's groups become the annealed attention
       groups = mdm.anneal_groups(state.step, tc.mdm_anneal_steps, batch["segment_ids"],
                                  batch["positions"], jax.random.fold_in(key, 1))
-    grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key)
+    causal = (curriculum.is_causal(stage)
+              if tc.objective == "a3" and curriculum.has_causal else None)
+    grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key, causal)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)

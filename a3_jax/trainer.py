@@ -129,9 +129,15 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
   if job.seq_len > model_config.max_seq_len:
     raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                      f"({model_config.max_seq_len})")
+  if curriculum.has_causal and job.train.objective != "a3":
+    raise UserError(f"a 'causal' curriculum stage belongs to objective 'a3' (it trains the "
+                     f"content stream before the A3 stages); objective "
+                     f"{job.train.objective!r} has one objective throughout")
   if model_config.attention == "kernel":
     k = model_config.attention_group_size
     for strategy, _ in curriculum.stages:
+      if strategy.kind == "causal":
+        continue
       if strategy.kind == "mix" or (strategy.kind != "ar" and strategy.k != k) or (
           strategy.kind == "ar" and k != 1):
         raise UserError(f"attention=kernel assumes groups of attention_group_size={k}; "
@@ -311,11 +317,13 @@ def _meta(job: Job, model_config: ModelConfig) -> dict:
 
 
 def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
-             char_lengths=None) -> dict:
+             char_lengths=None, causal_step=None) -> dict:
   """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry
   (objective 'mdm': its NELBO per token, as nll_mdm), and per character
   (`nll_ar_per_char`, ...) where `char_lengths` [V] (tokenizer.token_char_lengths)
   is given: the same summed NLL over the characters the scored tokens spell.
+  `causal_step` (a curriculum with a 'causal' stage): also the content stream's
+  next-token NLL, as nll_causal (each document's first token unscored).
 
   Groups are drawn for the global batch, so the result does not depend on the
   number of processes.
@@ -338,6 +346,11 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
     out[f"nll_{name.replace(':', '')}"] = nll / max(count, 1.0)
     if chars:
       out[f"nll_{name.replace(':', '')}_per_char"] = nll / chars
+  if causal_step is not None:
+    stats = [causal_step(params, b, b["positions"])
+             for b in (shd.shard_batch(b, mesh) for b in batches)]
+    out["nll_causal"] = (sum(float(s["nll"]) for s in stats)
+                         / max(sum(float(s["count"]) for s in stats), 1.0))
   out["eval_tokens"] = count
   return out
 
@@ -379,6 +392,9 @@ def _loop(r: _Run, state):
   job = r.job
   train_step = make_train_step(r.model_config, r.tc, r.curriculum, r.mesh, r.shardings)
   eval_step = make_eval_step(r.model_config, r.tc, r.mesh, r.shardings)
+  causal_step = (make_eval_step(r.model_config, dataclasses.replace(r.tc, objective="ar"),
+                                r.mesh, r.shardings)
+                 if r.tc.objective == "a3" and r.curriculum.has_causal else None)
   seed_key = jax.random.key(job.seed)
   eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
   writer = MetricsWriter(job.workdir, r.resume_step, report=_warn)
@@ -439,7 +455,7 @@ def _loop(r: _Run, state):
         flush()
       if evaluate_now:
         last_eval = evaluate(eval_step, state.params, r.eval_batches, eval_key, r.mesh,
-                             r.tc.objective, r.char_lengths)
+                             r.tc.objective, r.char_lengths, causal_step)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         print(f"step {step + 1} validation " + " ".join(
             f"{k} {v:.4f}" + ("/char" if k.endswith("_per_char") else "/token")
@@ -479,8 +495,15 @@ def _banner(job: Job, tc, curriculum, model_config: ModelConfig, state, start: i
     return
   params = sum(x.size for x in jax.tree.leaves(state.params))
   tokens = (job.steps - start) * job.batch_size * job.seq_len
-  seconds = expected_seconds(model_config, job.seq_len, tokens, curriculum.stages[-1][0],
-                             tc.objective)
+  seconds, begin = 0.0, 0  # each remaining stage at its own cost (the last runs on)
+  for i, (strategy, steps) in enumerate(curriculum.stages):
+    end = job.steps if i == len(curriculum.stages) - 1 else min(job.steps, begin + steps)
+    left = max(0, end - max(begin, start))
+    if left:
+      seconds += expected_seconds(model_config, job.seq_len,
+                                  left * job.batch_size * job.seq_len, strategy,
+                                  tc.objective) or 0.0
+    begin = end
   duration = f"~{_clock(seconds)} expected" if seconds else "duration unknown"
   print(f"a3-train: preset {job.init_from or job.preset}, {params / 1e6:.2f}M parameters, "
         f"{job.steps - start} steps of {job.batch_size}x{job.seq_len} tokens ({tokens:,}) on "

@@ -15,7 +15,7 @@ from cli_helpers import subprocess_env
 from a3_jax.metrics import read_metrics
 
 TINY = ["--preset=tiny", "--batch_size=4", "--seq_len=32", "--eval_batches=1",
-        "--curriculum=ar:4,block:2:4,perm:4:4", "--warmup_steps=2"]
+        "--curriculum=causal:2,ar:2,block:2:4,perm:4:4", "--warmup_steps=2"]
 
 
 def _cmd(workdir, *extra):
@@ -51,6 +51,8 @@ def test_resume_after_sigkill_logs_the_same_losses(tmp_path):
   expected, got = _train_losses(straight), _train_losses(killed)
   assert sorted(got) == list(range(1, 13))
   assert got == expected  # bit-exact on CPU: same programs, state, data and keys
+  valid = [r for r in read_metrics(killed) if r.get("split") == "validation"]
+  assert valid[-1]["step"] == 12 and 0 < valid[-1]["nll_causal"] < 20  # the causal stage's
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Sharded train step: mesh invariance, real sharding, determinism, accumulation."""
 
+import dataclasses
 import re
 
 import chex
@@ -14,6 +15,7 @@ from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.model import A3LM, init_params
 from a3_jax.train_step import (TrainConfig, init_state, loss_fn, make_train_step,
                                state_shardings)
+from a3_jax.trainer import Job, validate_plan
 
 from sharding_golden import MESHES, PRESETS, current_table, read_golden
 
@@ -147,6 +149,19 @@ def test_ar_objective_trains_the_content_stream_only():
   tc = TrainConfig(lr=1e-2, warmup_steps=2, total_steps=30, objective="ar")
   losses, _ = _run(30, tc)
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_causal_stage_trains_the_content_stream_then_the_query_stream():
+  tc = TrainConfig(lr=1e-2, warmup_steps=0, total_steps=12, weight_decay=0.0)
+  mixed, step = _run(12, tc, curriculum="causal:10,perm:4:2")
+  causal, _ = _run(10, dataclasses.replace(tc, objective="ar"), curriculum="ar:12")
+  np.testing.assert_allclose(mixed[:10], causal, rtol=1e-5)  # the causal LM's steps
+  assert causal[-1] < 0.8 * causal[0]
+  assert mixed[10] > mixed[9] + 0.3, mixed  # then the query stream's (new) loss
+  assert step.stages == [0] * 10 + [1, 1] and step.jitted._cache_size() == 1
+  job = Job(curriculum="causal:10,perm:4:2", train=dataclasses.replace(tc, objective="ar"))
+  with pytest.raises(ValueError, match="belongs to objective 'a3'"):
+    validate_plan(job, CFG, parse_curriculum(job.curriculum))
 
 
 @pytest.mark.parametrize("spec, message", [

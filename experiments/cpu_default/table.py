@@ -13,12 +13,15 @@ from a3_jax.metrics import read_metrics
 def main(workdir: str) -> None:
   records = read_metrics(workdir)
   stage = {r["step"]: r["stage"] for r in records if "split" not in r}
-  print("| step | stage | NLL/token `ar` | NLL/char `ar` | NLL/token `perm:4` | NLL/char `perm:4` |")
-  print("|---|---|---|---|---|---|")
+  causal = any("nll_causal" in r for r in records)  # a curriculum with a causal stage
+  print("| step | stage | NLL/token `ar` | NLL/char `ar` | NLL/token `perm:4` | NLL/char `perm:4` |"
+        + (" causal LM NLL/token |" if causal else ""))
+  print("|---|---|---|---|---|---|" + ("---|" if causal else ""))
   for r in records:
     if r.get("split") == "validation":
       print(f"| {r['step']} | {stage.get(r['step'], '')} | {r['nll_ar']:.3f} | "
-            f"{r['nll_ar_per_char']:.3f} | {r['nll_perm4']:.3f} | {r['nll_perm4_per_char']:.3f} |")
+            f"{r['nll_ar_per_char']:.3f} | {r['nll_perm4']:.3f} | {r['nll_perm4_per_char']:.3f} |"
+            + (f" {r['nll_causal']:.3f} |" if causal else ""))
   steps = [r for r in records if "split" not in r]
   if steps:
     rates = sorted(r["tokens_per_s"] for r in steps[1:])
