@@ -40,9 +40,9 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
                       curve_png: str | None = None, progress=None) -> dict:
   """Exact NLL of `texts` under each grouping in `names` (head 'query' or 'content'),
   per token and (head 'query', which scores every token) per character, or the MDM
-  NELBO (head 'mdm'; mdm_shift: of a model adapted with the DiffuLLaMA shift); with `curve_png`, also the parallelism curve drawn there. One
-  JSON-able dict; `format_likelihood` renders it. `progress(message)` hears how far
-  each grouping has got."""
+  NELBO (head 'mdm'; mdm_shift: of a model adapted with the DiffuLLaMA shift); with
+  `curve_png`, also the parallelism curve drawn there. One JSON-able dict;
+  `format_likelihood` renders it. `progress(message)` hears how far each grouping has got."""
   ids = encode_texts(tokenizer, texts, text_file, 2 if head == "content" else 1)
   common = dict(window=window, context=context, seed=seed)
   if progress is not None:
@@ -64,7 +64,8 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
     for r in results if head == "query" else ():
       r["nll_per_char"] = r["nll_per_token"] * r["tokens"] / chars
   out = {"checkpoint": checkpoint, "text_file": text_file, "head": head,
-         **({"mdm_shift": mdm_shift} if head == "mdm" else {}), "documents": len(ids), "window": window, "context": context, "results": results}
+         **({"mdm_shift": mdm_shift} if head == "mdm" else {}), "documents": len(ids),
+         "window": window, "context": context, "results": results}
   if curve_png:
     curve = evaluate.parallelism_curve(params, config, ids, orders=orders,
                                        batch_size=batch_size, **common)
