@@ -85,8 +85,10 @@ def mfu_report(config: ModelConfig, seq_len: int, tokens_per_s: float,
 
 
 # Model FLOP/s (as counted here) a CPU core sustains on this workload (fp32 XLA, d_model
-# 256): the default `a3-train` (360 steps of 8 x 256 at the `small` preset) ran in 5m41s
-# on a quiet 2-core machine where 27e9 predicted 9m40s: ~46 GFLOP/s a core.
+# 256): an A3-only run of 360 steps of 8 x 256 at the `small` preset ran in 5m41s on a
+# quiet 2-core machine where 27e9 predicted 9m40s: ~46 GFLOP/s a core. Causal steps
+# reach less of it: the default run (causal stage first) took 10m05s against 8m31s
+# predicted.
 CPU_FLOPS_PER_CORE = 46e9
 
 
