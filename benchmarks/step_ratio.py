@@ -34,7 +34,9 @@ from absl import app, flags
 from a3_jax import sharding as shd
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_curriculum
-from a3_jax.train_step import TrainConfig, init_state, make_train_step, state_shardings
+from a3_jax.train.config import TrainConfig
+from a3_jax.train.state import init_state, state_shardings
+from a3_jax.train.step import make_train_step
 
 _PRESET = flags.DEFINE_string("preset", "small", "model preset")
 _MODEL = flags.DEFINE_multi_string("model", [], "preset override NAME=INT|true|false, e.g. "
