@@ -28,8 +28,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
+from batches import one_document_rows
 
 from a3_jax import sharding as shd
 from a3_jax.config import get_preset
@@ -72,10 +72,7 @@ def _measure() -> dict:
   cfg = get_preset(_PRESET.value, scan_layers=False)  # unrolled, as a3-train on CPU
   mesh = shd.make_mesh("data:-1")
   b, t = _BATCH.value, _SEQ.value
-  rng = np.random.default_rng(0)
-  host = {"tokens": rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32),
-          "segment_ids": np.ones((b, t), np.int32),
-          "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1))}
+  host = one_document_rows(cfg.vocab_size, b, t)
   names = {"with_causal": WITH_CAUSAL, "without_causal": WITHOUT_CAUSAL}
   with jax.set_mesh(mesh):
     batch = shd.shard_batch(host, mesh)
