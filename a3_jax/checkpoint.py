@@ -30,11 +30,11 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = None
-                 ) -> ocp.CheckpointManager:
+def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """The run's manager; it saves whenever asked (the loop decides when: --save_every)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
-      save_interval_steps=1 if save_every is None else save_every)
+      save_interval_steps=1)
   return ocp.CheckpointManager(checkpoint_dir(workdir),
                                options=options, item_names=("state", "data", "meta"))
 

@@ -156,7 +156,7 @@ class WorkdirLock:
           self.release_created()
           raise UserError(f"--workdir={self.workdir} is in use by pid {holder.get('pid')} on "
                           f"host {holder.get('host')} (lock file {self.path}); wait for that run "
-                          "to end, or delete the lock file if it is gone")
+                          "to end, or delete the lock file if it is gone") from None
         with contextlib.suppress(FileNotFoundError):
           os.remove(self.path)
         continue
