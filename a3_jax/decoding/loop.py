@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a3_jax import teacher_forced
 from a3_jax.decoding import cache as kv_cache, sampling
 from a3_jax.config import ModelConfig
-from a3_jax.loss import token_logprobs
 from a3_jax.decoding.cache import KVCache
 from a3_jax.model import A3LM, Rows
 from a3_jax.errors import UserError
@@ -149,8 +149,9 @@ def sequence_logprob(params, config: ModelConfig, tokens_BxT, groups_BxT):
   """
   groups_BxT = jnp.asarray(groups_BxT, jnp.int32)
   seg_BxT = (groups_BxT >= 0).astype(jnp.int32)
-  logits = A3LM(config).apply(params, tokens_BxT, jnp.maximum(groups_BxT, 0), seg_BxT)["query"]
-  lp_BxT = token_logprobs(logits, jnp.asarray(tokens_BxT, jnp.int32))
+  lp_BxT, _ = teacher_forced.token_scores(A3LM(config), params,
+                                          jnp.asarray(tokens_BxT, jnp.int32),
+                                          jnp.maximum(groups_BxT, 0), seg_BxT)
   return jnp.sum(jnp.where(groups_BxT > 0, lp_BxT, 0.0), axis=1)
 
 
