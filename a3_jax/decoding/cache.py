@@ -47,9 +47,10 @@ def slots(cache: KVCache, fill_B, ok_BxR):
 
 def mark(cache: KVCache, slot_BxR, group):
   """(group, seg) of the cache with `slot` marked as used slots of group id `group`
-  (scalar or [B])."""
+  (scalar, [B], or [B, R]: one per slot)."""
   row_BxR = jnp.broadcast_to(jnp.arange(slot_BxR.shape[0])[:, None], slot_BxR.shape)
-  group_BxR = jnp.broadcast_to(jnp.asarray(group, jnp.int32).reshape(-1, 1), slot_BxR.shape)
+  group = jnp.asarray(group, jnp.int32)
+  group_BxR = jnp.broadcast_to(group[:, None] if group.ndim == 1 else group, slot_BxR.shape)
   return (cache.group.at[row_BxR, slot_BxR].set(group_BxR, mode="drop"),
           cache.seg.at[row_BxR, slot_BxR].set(1, mode="drop"))
 
