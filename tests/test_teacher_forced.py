@@ -77,7 +77,7 @@ def test_query_scores_equal_brute_force_per_group(params):
   items = _items(np.random.default_rng(0))
   got = teacher_forced.score_items(params, CFG, items, batch_size=3)
   for item, (lp, hit) in zip(items, got):
-    np.testing.assert_allclose(lp, _brute_force(params, item, "query"), atol=2e-5)
+    np.testing.assert_allclose(lp, _brute_force(params, item, "query"), rtol=1e-5, atol=1e-4)
     assert lp.shape == hit.shape == (int(item.scored.sum()),)
 
 
@@ -91,7 +91,7 @@ def test_content_scores_equal_brute_force_prefixes(params):
                                      np.arange(n, dtype=np.int32), np.arange(n), scored))
   got = teacher_forced.score_items(params, CFG, items, head="content", batch_size=2)
   for item, (lp, hit) in zip(items, got):
-    np.testing.assert_allclose(lp, _brute_force(params, item, "content"), atol=2e-5)
+    np.testing.assert_allclose(lp, _brute_force(params, item, "content"), rtol=1e-5, atol=1e-4)
     assert lp[0] == 0.0 and not hit[0]
 
 
