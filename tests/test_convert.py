@@ -1,8 +1,8 @@
 """Reading pretrained LLaMA checkpoints: HF variants, GGUF, sharded loading, bad input."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 

@@ -15,8 +15,8 @@ from a3_jax.tasks import scoring
 
 # plays.py and continuation.py serve experiments/adaptation alone and live there.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "adaptation"))
-import continuation  # noqa: E402
-import plays  # noqa: E402
+import continuation
+import plays
 
 CFG = get_preset("tiny")
 SPEAKERS = ("ANNA", "BORIS", "CARLA", "DMITRI", "ELENA")
