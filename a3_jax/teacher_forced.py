@@ -86,20 +86,6 @@ def _token_scores(params, tokens_BxT, groups_BxT, seg_BxT, pos_BxT, idx_BxQ, ok_
                       head=head, idx_BxQ=idx_BxQ, ok_BxQ=ok_BxQ)
 
 
-def grouped_logprobs(params, config: ModelConfig, tokens_BxT, groups_BxT, seg_BxT=None,
-                     pos_BxT=None, *, head: str = "query") -> np.ndarray:
-  """log p(x_i | ...) at every position, float32 [B, T], in one pass (head='content':
-  0 at position 0; only meaningful where i-1 is visible to i, as with `ar`)."""
-  check_head(head)
-  tokens = jnp.asarray(tokens_BxT, jnp.int32)
-  seg = jnp.ones_like(tokens) if seg_BxT is None else jnp.asarray(seg_BxT, jnp.int32)
-  pos = (jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-         if pos_BxT is None else jnp.asarray(pos_BxT, jnp.int32))
-  lp, _ = _token_scores(meta.unbox(params), tokens, jnp.asarray(groups_BxT, jnp.int32), seg,
-                        pos, None, None, config=config, head=head)
-  return np.asarray(lp)
-
-
 def padded_width(n: int, cap: int) -> int:
   """The padding rule: the next power of two >= n (at least 8), capped at cap (>= n)."""
   return min(max(8, 1 << max(n - 1, 0).bit_length()), max(cap, n))

@@ -182,7 +182,8 @@ def test_shifted_mdm_at_anneal_start_is_the_causal_model(params):
   logp = jax.nn.log_softmax(out, axis=-1)
   got = np.take_along_axis(np.asarray(logp), tokens[..., None], -1)[..., 0][:, 1:]
   # The causal model's log-probs renormalised without the mask token (its logit is -inf).
-  causal = teacher_forced.grouped_logprobs(params, CFG, tokens, pos, seg, head="content")[:, 1:]
+  causal = np.asarray(jax.jit(lambda p: teacher_forced.token_scores(
+      A3LM(CFG), p, tokens, pos, seg, pos, head="content")[0])(params))[:, 1:]
   h = jax.jit(lambda p: A3LM(CFG).apply(p, tokens, mdm.Rows(pos, seg, pos), None,
                                         method=A3LM.forward)[0])(params)
   raw = np.asarray(jax.nn.log_softmax(A3LM(CFG).apply(params, h, method=A3LM.logits), -1))
