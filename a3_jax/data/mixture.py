@@ -46,12 +46,15 @@ class MixtureIterator(JsonStateIterator):
             for spec, weight, tokens in zip(self._specs, self._weights, self._tokens)}
 
   def get_state(self) -> dict[str, Any]:
-    return {"mixture": self._specs, "tokens_per_source": self._tokens.tolist(),
+    return {"mixture": self._mixture(), "tokens_per_source": self._tokens.tolist(),
             "pipeline": super().get_state()}
 
+  def _mixture(self) -> list[list]:
+    return [[spec, weight] for spec, weight in zip(self._specs, self._weights)]
+
   def set_state(self, state: dict[str, Any]) -> None:
-    if state.get("mixture") != self._specs:
-      raise UserError(f"the checkpoint's data iterator reads {state.get('mixture')}, this "
-                       f"run's --data reads {self._specs}: resume with the same --data")
+    if state.get("mixture") != self._mixture():
+      raise UserError(f"the checkpoint's data iterator reads the mixture {state.get('mixture')}, "
+                       f"this run's --data {self._mixture()}: resume with the same --data")
     self._tokens = np.asarray(state["tokens_per_source"], np.int64)
     super().set_state(state["pipeline"])
