@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['preset']}: {result['params'] / 1e9:.2f}B params on {result['devices']} devices "
           f"{result['mesh']}: params {result['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
           f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device", file=sys.stderr)
+    for name in ("data", "eval_data"):
+      if name in result:
+        print(f"--{name}: " + ", ".join(f"{c['source']} ({c['weight']:.0%})" for c in result[name]),
+              file=sys.stderr)
     print(json.dumps(result))
   return 0
 
