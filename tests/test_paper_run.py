@@ -3,14 +3,12 @@ size (and in where the data and the base model are), on Parquet + JSONL.zst shar
 written here; trained, killed, resumed and exported."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from cli_helpers import subprocess_env, tiny_export
+from cli_helpers import kill_after_checkpoint, subprocess_env, tiny_export
 from shard_files import documents, write_jsonl, write_parquet
 
 from a3_jax.metrics import read_metrics
@@ -72,12 +70,7 @@ def test_fixture_sized_paper_run_trains_resumes_after_a_kill_and_exports(tmp_pat
   flagfile = _fixture_flags(tmp_path)
   killed = tmp_path / "killed"
   proc = _train(flagfile, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "8").exists():
-    assert proc.poll() is None and time.time() < deadline, "run ended before step 8 was saved"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(proc, killed, 8)
   resumed = _train(flagfile, killed)
   assert "resumed from step" in resumed.stdout
   # (that the mixture resumes bit-exactly: test_data_streams; the losses of a killed and
