@@ -72,6 +72,28 @@ def test_bad_streamed_sources_are_one_clear_user_error(tmp_path, make_spec, mess
     _texts(make_spec(tmp_path))
 
 
+def test_uri_globs_go_through_epath(tmp_path, monkeypatch):
+  from etils import epath
+  from a3_jax.data import sources
+  for name in ("a/x.parquet", "a/y.parquet", "b/z.parquet", "a/notes.txt"):
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text("")
+  opened, real_path = [], epath.Path
+
+  def fake_path(uri):  # gs://bucket/... -> tmp_path/...
+    opened.append(uri)
+    return real_path(str(uri).replace("gs://bucket", str(tmp_path)))
+  monkeypatch.setattr(sources.epath, "Path", fake_path)
+  assert [p.rpartition("/")[2] for p in sources.glob_files("s", "gs://bucket/*/*.parquet")] == [
+      "x.parquet", "y.parquet", "z.parquet"]
+  assert opened[-1] == "gs://bucket"  # the fixed part; epath globs the rest
+  assert len(sources.glob_files("s", "gs://bucket/a/x.parquet")) == 1
+  with pytest.raises(UserError, match="no files match"):
+    sources.glob_files("s", "gs://bucket/c/*.parquet")
+  with pytest.raises(UserError, match="text: reads local files"):
+    sources.make_source("text:gs://bucket/*.txt")
+
+
 @pytest.mark.parametrize("text, message", [
     ("parquet:", "unknown data source"),
     ("hf:fineweb", "unknown data source 'hf:fineweb'"),

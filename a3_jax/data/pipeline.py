@@ -64,7 +64,7 @@ def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
   return {"tokens": _encode_with_eos(tokenizer, text)}
 
 
-def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDataset:
+def _tokenized(documents: grain.MapDataset | grain.IterDataset, tokenizer: Tokenizer):
   if tokenizer.eos_id < 0:
     raise UserError(f"{tokenizer} has no EOS id, which ends every document")
   return documents.map(functools.partial(_encode_document, tokenizer))

@@ -158,7 +158,10 @@ def _uri_glob(pattern: str) -> list[str]:
   scheme, _, rest = pattern.partition("://")
   parts = rest.split("/")
   fixed = next((i for i, part in enumerate(parts) if re.search(r"[*?\[]", part)), len(parts))
-  base = epath.Path(f"{scheme}://" + "/".join(parts[:fixed]))
+  try:
+    base = epath.Path(f"{scheme}://" + "/".join(parts[:fixed]))
+  except KeyError:
+    raise UserError(f"{pattern!r}: etils.epath reads no {scheme}:// paths") from None
   if fixed == len(parts):
     return [str(base)] if base.is_file() else []
   return [str(p) for p in base.glob("/".join(parts[fixed:])) if p.is_file()]
@@ -212,6 +215,9 @@ def make_source(spec: str, *, split: str = "train", data_dir: str | None = None)
   source = parse_source(spec)
   if source.scheme == "shakespeare":
     return tuple(text for _, text in corpus.load_works(split))
+  if "://" in source.target and source.scheme in ("text", "arrayrecord"):
+    raise UserError(f"source {spec!r}: {source.scheme}: reads local files; for gs:// and "
+                     "other URIs use jsonl:GLOB or parquet:GLOB")
   if source.scheme == "text":
     return TextFileSource(glob_files(spec, source.target, (".txt", ".jsonl")))
   if source.scheme == "arrayrecord":
