@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 
 def write_parquet(path, texts, column="text", row_group_size=4):
   """A Parquet file with a string `column` and, like FineWeb's, other columns beside it."""
-  table = pa.table({"id": [f"doc-{i}" for i in range(len(texts))], column: list(texts),
-                    "token_count": [len(t.split()) for t in texts]})
+  table = pa.table({"id": pa.array([f"doc-{i}" for i in range(len(texts))], pa.string()),
+                    column: pa.array(texts, pa.string()),
+                    "token_count": pa.array([len(t.split()) for t in texts], pa.int64())})
   pq.write_table(table, str(path), row_group_size=row_group_size)
   return path
 

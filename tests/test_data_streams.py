@@ -47,7 +47,8 @@ def test_parquet_and_jsonl_sources_read_every_document_of_every_file(shards, tmp
     write_jsonl(tmp_path / f"a.{suffix}", ["x", "y é"], field="content")
     assert _texts(f"jsonl:{tmp_path}/a.{suffix}#content") == ["x", "y é"]
   write_parquet(tmp_path / "b.parquet", ["p", "q"], column="body")
-  assert _texts(f"parquet:{tmp_path}/b.parquet#body") == ["p", "q"]
+  write_parquet(tmp_path / "c.parquet", [], column="body")  # no rows
+  assert _texts(f"parquet:{tmp_path}/[bc].parquet#body") == ["p", "q"]
 
 
 @pytest.mark.parametrize("make_spec, message", [

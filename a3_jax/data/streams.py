@@ -40,26 +40,28 @@ def source_files(source: Source) -> list[str]:
   return glob_files(source.spec, source.target, extensions)
 
 
-def _parquet_text(path: str, column: str, row: dict) -> str:
-  text = row[column]
-  return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+def _parquet_text(column: str, row: dict) -> str:
+  return str(row[column])
 
 
 def _parquet_documents(path: str, column: str) -> grain.IterDataset:
   import pyarrow as pa
   import pyarrow.parquet as pq
   try:
-    schema = pq.read_schema(path)  # the footer only: checks the format and the column
+    footer = pq.read_metadata(path)  # the footer only: checks the format and the column
   except (pa.ArrowException, OSError) as e:
     raise UserError(f"{path} is not a Parquet file ({_first_line(e)})") from None
+  schema = footer.schema.to_arrow_schema()
   if column not in schema.names:
     raise UserError(f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); "
                      "name the text column with parquet:GLOB#COLUMN")
   if not (pa.types.is_string(schema.field(column).type)
           or pa.types.is_large_string(schema.field(column).type)):
     raise UserError(f"{path}: column {column!r} holds {schema.field(column).type}, not text")
+  if not footer.num_row_groups:  # (grain's reader expects at least one)
+    return grain.MapDataset.source([]).to_iter_dataset()
   return grain.experimental.ParquetIterDataset(path).map(
-      functools.partial(_parquet_text, path, column))
+      functools.partial(_parquet_text, column))
 
 
 class _JsonlIterator(grain.DatasetIterator):
