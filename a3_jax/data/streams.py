@@ -11,6 +11,10 @@ every epoch, `cycle_length` files at a time, their documents interleaved. The
 iterator state is the position in that file order plus the row of each open
 file, so a restored stream continues exactly (a .jsonl file is re-read up to the
 row: compressed streams cannot seek).
+
+Globs go through etils.epath (gcsfs for gs://), JSON lines are read through it
+too; Parquet files through pyarrow's own filesystems (its GCS one for gs://,
+with the same Google default credentials).
 """
 
 from __future__ import annotations
