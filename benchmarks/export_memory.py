@@ -41,12 +41,13 @@ def write_checkpoint(workdir: str, d_model: int, num_layers: int) -> dict:
   from a3_jax.config import PRESETS
   from a3_jax.data.pipeline import make_train_iterator
   from a3_jax.tokenizer import load_tokenizer, save_tokenizer
-  from a3_jax.train_step import TrainConfig, _boxed_state
+  from a3_jax.train.config import TrainConfig
+  from a3_jax.train.state import boxed_state
 
   config = PRESETS["tiny"].replace(vocab_size=8192, d_model=d_model, num_layers=num_layers,
                                    num_heads=8, num_kv_heads=8, head_dim=d_model // 8,
                                    mlp_dim=3 * d_model)
-  abstract = jax.eval_shape(lambda: meta.unbox(_boxed_state(config, TrainConfig(),
+  abstract = jax.eval_shape(lambda: meta.unbox(boxed_state(config, TrainConfig(),
                                                               jax.random.key(0))))
   state = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), abstract)
   tokenizer = load_tokenizer(None)

@@ -78,6 +78,10 @@ def test_fixture_sized_paper_run_trains_resumes_after_a_kill_and_exports(tmp_pat
   assert sorted(_losses(killed)) == list(range(1, 13))
   valid = [r for r in read_metrics(str(killed)) if r.get("split") == "validation"]
   assert valid[-1]["step"] == 12 and 0 < valid[-1]["nll_ar"] < 20
+  shares = [r for r in read_metrics(str(killed)) if r.get("split") == "data"]
+  assert shares[-1]["step"] == 12 and shares[-1]["weights"] == [0.5, 0.5]
+  assert all(abs(share - 0.5) < 0.15 for share in shares[-1]["token_shares"])  # 48 rows so far
+  assert "step 12 data token shares parquet:" in resumed.stdout
 
   from cli_helpers import run_main
   code, out, err = run_main("a3_jax.cli.export", f"--workdir={killed}",
