@@ -45,7 +45,8 @@ def source_files(source: Source) -> list[str]:
 
 
 def _parquet_text(column: str, row: dict) -> str:
-  return str(row[column])
+  text = row[column]
+  return "" if text is None else str(text)  # a null cell: an empty document
 
 
 def _parquet_documents(path: str, column: str) -> grain.IterDataset:
