@@ -55,6 +55,12 @@ def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
   return jax.lax.fori_loop(1, t, column, tokens_BxT)
 
 
+def row_calls(method: str, blanks: int, group_size: int) -> int:
+  """Model calls that fill one row of `blanks` blanks alone (in a batch, `ar` may take
+  more: it runs every column that holds a blank in any row)."""
+  return blanks if method == "ar" else math.ceil(blanks / group_size)
+
+
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
          method: str = "a3", group_size: int = 1, eos_id: int | None = None,
          seed: int = 0, mdm_shift: bool = False) -> tuple[np.ndarray, int]:
@@ -81,16 +87,16 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
     out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
                                eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "a3-dynamic":
     from a3_jax.decoding.dynamic import decode_dynamic
     out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
                          criterion="confidence", commit_per_step=group_size,
                          sampler=GREEDY, seed=seed, eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "mdm":
     from a3_jax import mdm
-    steps = math.ceil(most / group_size)
+    steps = row_calls(method, most, group_size)
     return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
