@@ -81,3 +81,23 @@ def test_a3_eval_rocstories(story_csv, tmp_path, head, group_size):
   assert out["calls_per_story"] == sum(math.ceil(n / group_size) for n in blanks) / 2
   assert all(0.0 <= out[k] <= 100.0 for k in infill.ROUGE_TYPES)
   assert out["exact_match"] == 0.0  # a random model does not write the gold sentence
+
+
+def test_causal_fill_leaves_out_columns_after_the_last_blank():
+  """The prefix-only baseline runs only up to its last blank: the same tokens as a fill
+  over the whole width (whose later columns it cannot see)."""
+  import jax
+  import numpy as np
+  from flax.linen import meta
+  from a3_jax.config import get_preset
+  from a3_jax.model import init_params
+  from a3_jax.tasks import fill
+  config = get_preset("tiny", init_std=0.3)
+  params = meta.unbox(init_params(config, jax.random.key(0)))
+  tokens = np.random.default_rng(0).integers(1, config.vocab_size, (2, 40)).astype(np.int32)
+  known = np.ones_like(tokens, bool)
+  known[0, 5:9] = known[1, 3:5] = False
+  out, calls = fill.fill(params, config, tokens, known, method="ar")
+  whole = fill._causal_fill(params, tokens, ~known, config=config)
+  np.testing.assert_array_equal(out, np.asarray(whole))
+  assert calls == 6 and (out[:, 16:] == tokens[:, 16:]).all()

@@ -33,6 +33,7 @@ from a3_jax.errors import UserError
 
 METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
+WIDTH_MULTIPLE = 16  # widths rounded up to a multiple: few distinct shapes to compile
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -53,6 +54,10 @@ def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
     return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
 
   return jax.lax.fori_loop(1, t, column, tokens_BxT)
+
+
+def round_width(width: int) -> int:
+  return -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
 
 
 def row_calls(method: str, blanks: int, group_size: int) -> int:
@@ -101,5 +106,9 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
-  out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
-  return np.asarray(out), int(blanks.any(axis=0).sum())
+  # Columns after the last blank cannot change the fill: leave them out of every pass.
+  end = min(tokens.shape[1], round_width(int(np.flatnonzero(blanks.any(axis=0))[-1]) + 1))
+  out = tokens.copy()
+  out[:, :end] = _causal_fill(params, jnp.asarray(tokens[:, :end]), jnp.asarray(blanks[:, :end]),
+                              config=config)
+  return out, int(blanks.any(axis=0).sum())

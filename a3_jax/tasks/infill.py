@@ -94,7 +94,7 @@ def infill_layout(tokenizer, stories: Sequence[Story]):
   """tokens, known, valid [B, T] (prefix, gold-length blanks, suffix), the middle spans
   and the gold middles' ids."""
   parts = [encode_in_context(tokenizer, (s.prefix, s.middle, s.suffix)) for s in stories]
-  width = max(len(a) + len(b) + len(c) for a, b, c in parts)
+  width = fill_lib.round_width(max(len(a) + len(b) + len(c) for a, b, c in parts))
   tokens = np.zeros((len(stories), width), np.int32)
   known = np.zeros((len(stories), width), bool)
   valid = np.zeros((len(stories), width), bool)
@@ -117,13 +117,18 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
   """ROUGE-1/2/L x 100 of the generated middles; also token accuracy and the texts."""
   if not stories:
     raise UserError("no examples to evaluate")
-  predictions, hits, total, calls, story_calls = [], 0, 0, 0, []
+  # Batches of similar prefix length: their middles share columns, which the causal
+  # baseline runs once per column. Rows are filled independently; the order is undone.
+  order = sorted(range(len(stories)), key=lambda i: len(stories[i].prefix))
+  predictions, hits, total, calls, story_calls = {}, 0, 0, 0, []
   for s in range(0, len(stories), batch_size):
-    chunk = stories[s:s + batch_size]
+    chunk = [stories[i] for i in order[s:s + batch_size]]
     tokens, known, valid, spans, golds = infill_layout(tokenizer, chunk)
-    if tokens.shape[1] > config.max_seq_len:
-      raise UserError(f"a story of {tokens.shape[1]} tokens exceeds the model's "
+    longest = int(valid.sum(axis=1).max())
+    if longest > config.max_seq_len:
+      raise UserError(f"a story of {longest} tokens exceeds the model's "
                        f"{config.max_seq_len} positions")
+    tokens, known, valid = (x[:, :config.max_seq_len] for x in (tokens, known, valid))
     out, n_calls = fill_lib.fill(params, config, tokens, known, valid, method=method,
                                  group_size=group_size, mdm_shift=mdm_shift)
     calls = max(calls, n_calls)
@@ -131,7 +136,8 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
       hits += int(np.sum(out[i, a:b] == np.asarray(gold)))
       total += b - a
       story_calls.append(fill_lib.row_calls(method, b - a, group_size))
-      predictions.append(tokenizer.decode(out[i, a:b]))
+      predictions[order[s + i]] = tokenizer.decode(out[i, a:b])
+  predictions = [predictions[i] for i in range(len(stories))]
   scores = rouge(predictions, [st.middle for st in stories])
   exact = np.mean([p.strip() == st.middle.strip() for p, st in zip(predictions, stories)])
   return {**scores, "token_accuracy": hits / max(total, 1), "exact_match": float(exact),
