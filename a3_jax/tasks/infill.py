@@ -118,7 +118,8 @@ def evaluate_infill(params, config: ModelConfig, tokenizer, stories: Sequence[St
   if not stories:
     raise UserError("no examples to evaluate")
   # Batches of similar prefix length: their middles share columns, which the causal
-  # baseline runs once per column. Rows are filled independently; the order is undone.
+  # baseline runs once per column. Rows are filled independently (except that MDM's
+  # steps follow the batch's longest middle); the order is undone.
   order = sorted(range(len(stories)), key=lambda i: len(stories[i].prefix))
   predictions, hits, total, calls, story_calls = {}, 0, 0, 0, []
   for s in range(0, len(stories), batch_size):
