@@ -192,13 +192,13 @@ def evaluate_model(name: str, texts: dict, budget, limit: int) -> dict:
   out = {"rocstories": {}, "likelihood": {}}
   for method, group_size in DECODERS[name]:
     key = f"{method}_g{group_size}"
-    out["rocstories"][key] = cached(name, f"rocstories_{key}", lambda: run_task(
-        "rocstories", _ROCSTORIES.value, *model(), head=head, method=method, limit=limit,
-        batch_size=budget.eval_batch_size, group_size=group_size, mdm_shift=name == "mdm"))
+    out["rocstories"][key] = cached(name, f"rocstories_{key}", lambda m=method, g=group_size: (
+        run_task("rocstories", _ROCSTORIES.value, *model(), head=head, method=m, limit=limit,
+                 batch_size=budget.eval_batch_size, group_size=g, mdm_shift=name == "mdm")))
   for text_name, docs in texts.items() if name in LIKELIHOOD_GROUPINGS else ():
-    out["likelihood"][text_name] = cached(name, f"likelihood_{text_name}", lambda: (
-        likelihood_report(*model(), docs, list(LIKELIHOOD_GROUPINGS[name]),
-                          checkpoint=export, text_file=text_name, head=head,
+    out["likelihood"][text_name] = cached(name, f"likelihood_{text_name}", lambda d=docs, t=text_name: (
+        likelihood_report(*model(), d, list(LIKELIHOOD_GROUPINGS[name]),
+                          checkpoint=export, text_file=t, head=head,
                           orders=budget.perm_orders, window=budget.seq_len,
                           context=budget.seq_len // 2)))
   return out
