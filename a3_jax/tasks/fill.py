@@ -33,6 +33,7 @@ from a3_jax.errors import UserError
 
 METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
+WIDTH_MULTIPLE = 16  # widths rounded up to a multiple: few distinct shapes to compile
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -53,6 +54,16 @@ def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
     return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
 
   return jax.lax.fori_loop(1, t, column, tokens_BxT)
+
+
+def round_width(width: int) -> int:
+  return -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+
+
+def row_calls(method: str, blanks: int, group_size: int) -> int:
+  """Model calls that fill one row of `blanks` blanks alone (in a batch, `ar` may take
+  more: it runs every column that holds a blank in any row)."""
+  return blanks if method == "ar" else math.ceil(blanks / group_size)
 
 
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
@@ -81,19 +92,23 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
     out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
                                eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "a3-dynamic":
     from a3_jax.decoding.dynamic import decode_dynamic
     out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
                          criterion="confidence", commit_per_step=group_size,
                          sampler=GREEDY, seed=seed, eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "mdm":
     from a3_jax import mdm
-    steps = math.ceil(most / group_size)
+    steps = row_calls(method, most, group_size)
     return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
-  out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
-  return np.asarray(out), int(blanks.any(axis=0).sum())
+  # Columns after the last blank cannot change the fill: leave them out of every pass.
+  end = min(tokens.shape[1], round_width(int(np.flatnonzero(blanks.any(axis=0))[-1]) + 1))
+  out = tokens.copy()
+  out[:, :end] = _causal_fill(params, jnp.asarray(tokens[:, :end]), jnp.asarray(blanks[:, :end]),
+                              config=config)
+  return out, int(blanks.any(axis=0).sum())
