@@ -1,0 +1,192 @@
+"""Ahead-of-time plans: a3-train's step compiled for a mesh's devices, read back per chip.
+
+The devices may be fake CPU ones or the compile-only devices of an accelerator target
+(targets.target_devices): the step is built by the train code's own builders from the
+job, lowered on abstract arrays (nothing is allocated, no eager work touches the
+devices) and compiled; XLA's memory analysis then says what one chip holds. Model
+FLOPs come from flops.py (XLA's cost analysis counts a scanned loop body once), and
+the roofline from the chip's peak (flops.PEAK_BF16_FLOPS) and HBM (targets.CHIPS).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+
+import jax
+import numpy as np
+from flax.linen import meta
+
+from a3_jax import flops, targets
+from a3_jax import sharding as shd
+from a3_jax.errors import UserError
+
+GIB = targets.GIB
+_RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+
+
+def init_config(job):
+  """(config of --init_from or None, note): a checkpoint not reachable from here (the
+  paper's flag files name cluster paths) is stood in by --preset, and the note says so."""
+  from a3_jax.config import get_preset
+  from a3_jax.convert.loader import read_config
+  if not job.init_from:
+    return None, None
+  try:
+    return read_config(job.init_from), None
+  except UserError as e:
+    return get_preset(job.preset), (f"{job.init_from} not readable here ({e}); "
+                                    f"--preset={job.preset} stands in for its config")
+
+
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` carrying `shardings` (what lower() needs, no arrays)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
+def bytes_per_device(tree, shardings) -> int:
+  total = 0
+  for leaf, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    total += math.prod(sh.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def memory(compiled) -> dict:
+  """Bytes one device holds while the executable runs (XLA's memory analysis):
+  arguments, outputs (less those aliasing donated arguments), temporaries and code."""
+  m = compiled.memory_analysis()
+  out = {"argument_bytes": int(m.argument_size_in_bytes),
+         "output_bytes": int(m.output_size_in_bytes),
+         "alias_bytes": int(m.alias_size_in_bytes),
+         "temp_bytes": int(m.temp_size_in_bytes),
+         "code_bytes": int(m.generated_code_size_in_bytes)}
+  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+                        + out["temp_bytes"] + out["code_bytes"])
+  return out
+
+
+def custom_calls(compiled) -> dict[str, int]:
+  """{custom-call target: count} in the compiled HLO (tpu_custom_call = a Mosaic kernel)."""
+  return dict(collections.Counter(
+      re.findall(r'custom_call_target="([^"]+)"', compiled.as_text() or "")))
+
+
+def compile_for(jitted, args, mesh):
+  """jitted.lower(*args).compile() for the mesh's devices. Tracing sees the mesh's
+  abstract form (device kind included, as under a3-train's jax.set_mesh), so nothing
+  is placed on compile-only devices. A plan too big for the chip: a UserError."""
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), shd.axis_rules():
+    lowered = jitted.lower(*args)
+  try:
+    return lowered.compile()
+  except Exception as e:  # XLA reports an allocation it cannot make as RESOURCE_EXHAUSTED
+    if _RESOURCE_EXHAUSTED not in str(e):
+      raise
+    raise UserError(f"the plan does not fit: XLA: {_first_line(e)}; {_KNOBS}") from None
+
+
+_KNOBS = ("try --model=remat=full, a larger --grad_accum, more fsdp in --mesh, "
+          "or --model=attention=kernel")
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def check_fits(report: dict) -> None:
+  """A UserError in one line when the per-chip total exceeds the chip's HBM."""
+  hbm = report.get("hbm_bytes")
+  if hbm and report["total_bytes"] > hbm:
+    raise UserError(
+        f"the plan does not fit: {report['total_bytes'] / GIB:.1f} GiB per chip "
+        f"(arguments {report['argument_bytes'] / GIB:.1f} + temporaries "
+        f"{report['temp_bytes'] / GIB:.1f}) > {hbm / GIB:.1f} GiB of HBM on "
+        f"{report['device_kind']}; {_KNOBS}")
+
+
+def stage_flops(model_config, job, curriculum, objective: str) -> list[dict]:
+  """Model FLOPs of one step of each curriculum stage and the steps it runs for in a
+  run of job.steps (the last stage runs on to the end)."""
+  tokens = job.batch_size * job.seq_len
+  out, begin = [], 0
+  for i, (strategy, steps) in enumerate(curriculum.stages):
+    end = job.steps if i == len(curriculum.stages) - 1 else min(job.steps, begin + steps)
+    out.append({"stage": strategy.name, "steps": max(0, end - begin),
+                "flops_per_step": tokens * flops.flops_per_token(
+                    model_config, job.seq_len, strategy, objective)})
+    begin = end
+  return out
+
+
+def roofline(report: dict, stages: list[dict], tokens_per_step: int, mfu: float) -> dict:
+  """Step time at the chips' peak and, at `mfu`, tokens/s per chip and the run's wall
+  time; None where the peak is unknown (a CPU)."""
+  peak, chips = report.get("peak_flops"), report["devices"]
+  run_steps = sum(s["steps"] for s in stages)
+  run_flops = sum(s["steps"] * s["flops_per_step"] for s in stages)
+  mean_step_flops = run_flops / max(run_steps, 1)
+  out = {"model_flops_per_step": mean_step_flops, "mfu_assumed": mfu}
+  if peak:
+    out["step_seconds_at_peak"] = mean_step_flops / (peak * chips)
+    out["tokens_per_s_per_chip_at_mfu"] = tokens_per_step * mfu * peak / mean_step_flops
+    out["run_seconds_at_mfu"] = run_flops / (mfu * peak * chips)
+  return out
+
+
+def device_facts(device) -> dict:
+  chip = targets.chip_of(device)
+  return {"platform": device.platform, "device_kind": device.device_kind,
+          "hbm_bytes": chip.hbm_bytes if chip else None,
+          "hbm_bytes_per_s": chip.hbm_bytes_per_s if chip else None,
+          "peak_flops": flops.device_peak_flops(device)}
+
+
+def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
+  """What a3-train would hold per device for `job` on `devices`: parameter and optimizer
+  bytes by the sharding rules; with `compile_step`, XLA's memory analysis of the real
+  step, its custom calls, and the roofline. Refuses (UserError) a plan that does not fit."""
+  from a3_jax.grouping import parse_curriculum
+  from a3_jax.train_step import _boxed_state, make_train_step, state_shardings
+  from a3_jax.trainer import planned_config, validate_mesh
+
+  curriculum = parse_curriculum(job.curriculum)
+  stand_in, note = init_config(job)
+  model_config = planned_config(job, stand_in)
+  mesh = shd.make_mesh(job.mesh, devices)
+  validate_mesh(job, mesh)
+  tc = dataclasses.replace(job.train, total_steps=job.steps)
+  key = jax.eval_shape(jax.random.key, 0)
+  state = jax.eval_shape(lambda k: meta.unbox(_boxed_state(model_config, tc, k)), key)
+  shardings = state_shardings(model_config, tc, mesh)
+  out = {"preset": job.preset, "model_config": model_config.to_dict(), "init_from_note": note,
+         "mesh": dict(mesh.shape), "devices": mesh.size, **device_facts(mesh.devices.flat[0]),
+         "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))),
+         "param_bytes_per_device": bytes_per_device(state.params, shardings.params),
+         "opt_state_bytes_per_device": bytes_per_device(state.opt_state, shardings.opt_state),
+         "stages": [s.name for s, _ in curriculum.stages],
+         "global_batch_tokens": job.batch_size * job.seq_len}
+  if not compile_step:
+    return out
+  step = make_train_step(model_config, tc, curriculum, mesh, shardings)
+  batch = {k: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), np.int32,
+                                   sharding=shd.batch_sharding(mesh))
+           for k in ("tokens", "segment_ids", "positions")}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  args = (abstract(state, shardings), batch,
+          jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
+  compiled = compile_for(step.jitted, args, mesh)
+  out.update(memory(compiled))
+  out["custom_calls"] = custom_calls(compiled)
+  out["param_specs"] = {jax.tree_util.keystr(path): str(s.spec) for path, s in
+                        jax.tree_util.tree_flatten_with_path(compiled.input_shardings[0][0].params)[0]}
+  if out["hbm_bytes"]:
+    out["headroom_bytes"] = out["hbm_bytes"] - out["total_bytes"]
+  stages = stage_flops(model_config, job, curriculum, tc.objective)
+  out["stage_flops"] = stages
+  out.update(roofline(out, stages, job.batch_size * job.seq_len, mfu))
+  check_fits(out)
+  return out
