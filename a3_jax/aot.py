@@ -155,8 +155,8 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
 
   curriculum = parse_curriculum(job.curriculum)
   stand_in, note = init_config(job)
-  model_config = planned_config(job, stand_in)
   mesh = shd.make_mesh(job.mesh, devices)
+  model_config = planned_config(job, stand_in, platform=shd.mesh_platform(mesh))
   validate_mesh(job, mesh)
   tc = dataclasses.replace(job.train, total_steps=job.steps)
   key = jax.eval_shape(jax.random.key, 0)

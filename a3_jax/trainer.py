@@ -20,6 +20,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from a3_jax import checkpoint as ckpt
+from a3_jax import cpu_tuning
 from a3_jax import rundir
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset, resolve
@@ -109,16 +110,18 @@ class _Preemption:
 
 
 def model_config_for(job: Job, vocab_size: int | None,
-                     init_config: ModelConfig | None = None) -> ModelConfig:
+                     init_config: ModelConfig | None = None,
+                     platform: str | None = None) -> ModelConfig:
   """THE model config of a run (a3-train and a3-dry-run both call this).
 
   From scratch: --preset with the tokenizer's `vocab_size` and the --model overrides.
   With --init_from: that checkpoint's config (`init_config`, read from --init_from
-  when not given) with the --model overrides of runtime settings only.
+  when not given) with the --model overrides of runtime settings only. `platform`:
+  of the devices the run is for (default: sharding.mesh_platform()), whose defaults
+  (cpu_tuning.model_overrides) the --model flags override.
   """
-  # XLA CPU runs unrolled layers faster than a scan; a --model=scan_layers=... wins.
-  overrides = ((("scan_layers", "false"),) if jax.default_backend() == "cpu" else ()
-               ) + tuple(job.model_overrides)
+  overrides = (cpu_tuning.model_overrides(platform or shd.mesh_platform())
+               + tuple(job.model_overrides))
   if job.init_from:
     base = read_config(job.init_from) if init_config is None else init_config
     return resolve(base, overrides, checkpoint=f"--init_from={job.init_from}")
@@ -146,11 +149,13 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
                          f"stage {strategy.name!r} differs (use attention=chunked)")
 
 
-def planned_config(job: Job, init_config: ModelConfig | None = None) -> ModelConfig:
-  """The model config `run(job)` trains, checked against the curriculum, without
-  devices or weights (a3-dry-run). `init_config` stands in for --init_from's config."""
+def planned_config(job: Job, init_config: ModelConfig | None = None,
+                   platform: str | None = None) -> ModelConfig:
+  """The model config `run(job)` trains on `platform`'s devices, checked against the
+  curriculum, without devices or weights (a3-dry-run). `init_config` stands in for
+  --init_from's config."""
   vocab_size = None if job.init_from else load_tokenizer(job.tokenizer).vocab_size
-  model_config = model_config_for(job, vocab_size, init_config)
+  model_config = model_config_for(job, vocab_size, init_config, platform)
   validate_plan(job, model_config, parse_curriculum(job.curriculum))
   return model_config
 
@@ -187,16 +192,17 @@ def _initial(job: Job, mesh):
   config, and the tokenizer the run saved in its workdir.
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
+  platform = shd.mesh_platform(mesh) if mesh is not None else None
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
-    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
-  if job.init_from:
-    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    return model_config_for(job, None, platform=platform), load_tokenizer(saved_tokenizer), None
+  if job.init_from:  # the config refuses bad overrides before any weight is read
+    model_config = model_config_for(job, None, platform=platform)
     params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
   tokenizer = load_tokenizer(job.tokenizer)
-  return model_config_for(job, tokenizer.vocab_size), tokenizer, None
+  return model_config_for(job, tokenizer.vocab_size, platform=platform), tokenizer, None
 
 
 def run(job: Job) -> dict:
