@@ -108,6 +108,17 @@ def check_fits(report: dict) -> None:
         f"{report['device_kind']}; {_KNOBS}")
 
 
+def check_state_fits(report: dict) -> None:
+  """A UserError when the parameters and optimizer state alone exceed the chip's HBM."""
+  hbm = report.get("hbm_bytes")
+  state = report["param_bytes_per_device"] + report["opt_state_bytes_per_device"]
+  if hbm and state > hbm:
+    raise UserError(
+        f"the plan does not fit: parameters and optimizer state alone are "
+        f"{state / GIB:.1f} GiB per chip > {hbm / GIB:.1f} GiB of HBM on "
+        f"{report['device_kind']}; shard them over more chips (fsdp in --mesh) or a larger slice")
+
+
 def stage_flops(model_config, job, curriculum, objective: str) -> list[dict]:
   """Model FLOPs of one step of each curriculum stage and the steps it runs for in a
   run of job.steps (the last stage runs on to the end)."""
@@ -171,6 +182,7 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
          "global_batch_tokens": job.batch_size * job.seq_len}
   if not compile_step:
     return out
+  check_state_fits(out)  # before a compile of minutes that cannot succeed
   step = make_train_step(model_config, tc, curriculum, mesh, shardings)
   batch = {k: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), np.int32,
                                    sharding=shd.batch_sharding(mesh))
