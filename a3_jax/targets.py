@@ -53,11 +53,14 @@ _HELP = ("TPU slices as libtpu names them (v5p:2x2x1, v5e:2x2, v4:2x2x1, v6e:16x
 def prepare_environment(environ=os.environ) -> None:
   """Before JAX's backends start: the CPU is the runtime (an installed CUDA plugin then
   neither starts nor checks for CUDA libraries), and libtpu asks no cloud metadata
-  server which TPU this host is (it has none). A no-op for backends already running."""
+  server which TPU this host is (it has none) nor locks it for one process (there is
+  no TPU to share: several compiles may run at once). JAX_PLATFORMS is left alone
+  once a backend is running."""
   import jax
   from jax._src import xla_bridge  # no public API tells whether a backend has started
   environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if not xla_bridge.backends_are_initialized():
     environ["JAX_PLATFORMS"] = "cpu"
     jax.config.update("jax_platforms", "cpu")
