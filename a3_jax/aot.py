@@ -74,12 +74,12 @@ def custom_calls(compiled) -> dict[str, int]:
       re.findall(r'custom_call_target="([^"]+)"', compiled.as_text() or "")))
 
 
-def compile_for(jitted, args, mesh):
-  """jitted.lower(*args).compile() for the mesh's devices. Tracing sees the mesh's
+def compile_for(jitted, args, mesh, **static):
+  """jitted.lower(*args, **static).compile() for the mesh's devices. Tracing sees the mesh's
   abstract form (device kind included, as under a3-train's jax.set_mesh), so nothing
   is placed on compile-only devices. A plan too big for the chip: a UserError."""
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), shd.axis_rules():
-    lowered = jitted.lower(*args)
+    lowered = jitted.lower(*args, **static)
   try:
     return lowered.compile()
   except Exception as e:  # XLA reports an allocation it cannot make as RESOURCE_EXHAUSTED
@@ -202,3 +202,80 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
   out.update(roofline(out, stages, job.batch_size * job.seq_len, mfu))
   check_fits(out)
   return out
+
+
+def decode_plan(job, devices, *, group_size: int, prompt_len: int, mfu: float = 0.4) -> dict:
+  """a3-generate's cached group decoder (decoding.group, form 'cached') compiled for
+  `devices`: job.batch_size rows of job.seq_len tokens, the first `prompt_len` known,
+  the rest committed `group_size` per step; params sharded by the rules on --mesh.
+
+  The roofline is memory-bound: every step each chip reads the weights it computes
+  with (all of them, gathered, unless split over `tensor`) and its share of the KV
+  cache. `mfu` is unused (decoding is not FLOP-bound); kept for one call shape."""
+  del mfu
+  from a3_jax.decoding import group as group_decoding
+  from a3_jax.decoding import loop as decode_loop
+  from a3_jax.decoding import sampling
+  from a3_jax.model import init_params
+
+  b, t = job.batch_size, job.seq_len
+  if not 0 < prompt_len < t:
+    raise UserError(f"--prompt_len must lie in [1, --seq_len={t}), got {prompt_len}")
+  if not 1 <= group_size <= t - prompt_len:
+    raise UserError(f"--group_size must lie in [1, {t - prompt_len}] (the blanks), "
+                    f"got {group_size}")
+  stand_in, note = init_config(job)
+  mesh = shd.make_mesh(job.mesh, devices)
+  config = _decode_config(job, stand_in, shd.mesh_platform(mesh))
+  boxed = jax.eval_shape(lambda k: init_params(config, k), jax.eval_shape(jax.random.key, 0))
+  params = meta.unbox(boxed)
+  param_shardings = shd.param_shardings(boxed, mesh)
+  rows = shd.batch_sharding(mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
+  sampler = tuple(scalar(x.dtype) for x in sampling.sampler_arrays(sampling.SamplerConfig()))
+  known = np.arange(t) < prompt_len
+  args = (abstract(params, param_shardings),
+          jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows),
+          jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows), scalar(np.int32),
+          jax.ShapeDtypeStruct((b,), np.int32, sharding=jax.sharding.NamedSharding(
+              mesh, shd.logical_to_spec(("act_batch",), (b,), mesh))),
+          sampler, scalar(np.int32), scalar(np.int32))
+  compiled = compile_for(group_decoding._decode_groups, args, mesh, config=config,
+                         group_size=group_size, form="cached",
+                         num_known=decode_loop.prefill_size(known[None]))
+  out = {"what": "decode", "preset": job.preset, "model_config": config.to_dict(),
+         "init_from_note": note, "mesh": dict(mesh.shape), "devices": mesh.size,
+         **device_facts(mesh.devices.flat[0]), "batch": b, "seq_len": t,
+         "prompt_len": prompt_len, "group_size": group_size,
+         "steps": -(-(t - prompt_len) // group_size),
+         "param_bytes_per_device": bytes_per_device(params, param_shardings),
+         **memory(compiled), "custom_calls": custom_calls(compiled)}
+  # The cache [L, B, C, K, H] splits as the rows and kv heads do; the weights a chip
+  # reads split only as the heads do (fsdp shards are gathered before use).
+  rows_split, heads_split = (_ways(entry, mesh) for entry in shd.logical_to_spec(
+      ("act_batch", "act_heads"), (b, config.num_kv_heads), mesh))
+  weights_read = bytes_per_device(params, jax.tree.map(lambda _: replicated, params)) / heads_split
+  cache = (2 * config.num_layers * b * t * config.num_kv_heads * config.head_dim
+           * config.compute_dtype.itemsize / (rows_split * heads_split))
+  out.update(weights_read_bytes_per_step=weights_read, cache_bytes_per_device=cache)
+  if out["hbm_bytes"]:
+    out["headroom_bytes"] = out["hbm_bytes"] - out["total_bytes"]
+    step = (weights_read + cache) / out["hbm_bytes_per_s"]
+    out.update(step_seconds_memory_bound=step,
+               tokens_per_s_per_chip=b * group_size / step / mesh.size)
+  check_fits(out)
+  return out
+
+
+def _ways(spec_entry, mesh) -> int:
+  """Into how many shards one PartitionSpec entry splits its dimension."""
+  axes = spec_entry if isinstance(spec_entry, tuple) else (spec_entry,)
+  return math.prod(mesh.shape[a] for a in axes if a is not None)
+
+
+def _decode_config(job, stand_in, platform: str):
+  """The model config a3-generate decodes with: a3-train's for this job, whose runtime
+  fields (attention, remat, ...) decoding takes from the export."""
+  from a3_jax.trainer import planned_config
+  return planned_config(job, stand_in, platform=platform)

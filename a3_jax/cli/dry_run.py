@@ -43,6 +43,12 @@ flags.DEFINE_string("topology", None, "compile for this accelerator target's dev
                     flag_values=F)
 flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation assumed for tokens/s and wall time",
                    flag_values=F)
+flags.DEFINE_enum("what", "train", ["train", "decode"], "train: a3-train's step; decode: "
+                  "a3-generate's cached group decoder for --batch_size rows of --seq_len",
+                  flag_values=F)
+flags.DEFINE_integer("group_size", 1, "--what=decode: tokens committed per step", flag_values=F)
+flags.DEFINE_integer("prompt_len", None, "--what=decode: known tokens per row (default: half "
+                     "of --seq_len)", flag_values=F)
 flags.DEFINE_bool("json", False, "stdout: one JSON object (the human lines go to stderr)",
                   flag_values=F)
 
@@ -73,8 +79,27 @@ def _device_count(argv) -> int:
     F.unparse_flags()
 
 
+def _decode_lines(r: dict) -> list[str]:
+  gib = 2.0 ** 30
+  lines = [f"{r['preset']} decoding {r['batch']} rows of {r['seq_len']} ({r['prompt_len']} "
+           f"known, {r['group_size']} per step, {r['steps']} steps) on {r['devices']} "
+           f"{r['device_kind']} devices {r['mesh']}: params {r['param_bytes_per_device'] / gib:.2f}"
+           f" GiB, KV cache {r['cache_bytes_per_device'] / gib:.2f} GiB per device",
+           f"compiled decoder per device: total {r['total_bytes'] / gib:.2f} GiB (temporaries "
+           f"{r['temp_bytes'] / gib:.2f})" + (f" of {r['hbm_bytes'] / gib:.1f} GiB HBM, headroom "
+                                              f"{r['headroom_bytes'] / gib:.1f} GiB"
+                                              if r["hbm_bytes"] else "")]
+  if "step_seconds_memory_bound" in r:
+    lines.append(f"memory-bound roofline: {r['step_seconds_memory_bound'] * 1e3:.2f} ms per step "
+                 f"(weights {r['weights_read_bytes_per_step'] / gib:.2f} GiB + cache read), "
+                 f"{r['tokens_per_s_per_chip']:,.0f} tokens/s per chip")
+  return lines
+
+
 def _lines(r: dict) -> list[str]:
   """The human summary of a plan."""
+  if r.get("what") == "decode":
+    return _decode_lines(r)
   gib = 2.0 ** 30
   lines = [f"{r['preset']}: {r['params'] / 1e9:.2f}B params on {r['devices']} "
            f"{r['device_kind']} devices {r['mesh']}: params "
@@ -116,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
       import jax
       devices = jax.devices()
-    result = aot.train_plan(job, devices, compile_step=F.compile or bool(F.topology),
-                            mfu=F.mfu)
+    if F.what == "decode":
+      result = aot.decode_plan(job, devices, group_size=F.group_size,
+                               prompt_len=F.prompt_len or job.seq_len // 2)
+    else:
+      result = aot.train_plan(job, devices, compile_step=F.compile or bool(F.topology),
+                              mfu=F.mfu)
     human = sys.stderr if F.json else sys.stdout
     if result["init_from_note"]:
       print(f"note: {result['init_from_note']}", file=sys.stderr)
