@@ -100,3 +100,13 @@ def test_gpu_target_files_agree_with_the_chip_table():
     bandwidth = float(text.split("memory_bandwidth:")[1].split()[0])
     assert memory == targets.CHIPS[kind].hbm_bytes
     assert bandwidth == targets.CHIPS[kind].hbm_bytes_per_s
+
+
+def test_decode_plan_holds_the_kv_cache_it_reads(capsys):
+  """--what=decode on the suite's 8 CPU devices: the compiled decoder's temporaries hold
+  at least the KV cache the roofline reads ([L, B, C, K, H] keys and values)."""
+  r = _plan(capsys, ["--what=decode", "--preset=tiny", "--mesh=data:8", "--batch_size=8",
+                     "--seq_len=64", "--group_size=4"])
+  cache = 2 * 2 * 8 * 64 * 2 * 16 * 4 / 8  # layers, rows, slots, kv heads, head dim, f32
+  assert r["cache_bytes_per_device"] == cache <= r["temp_bytes"]
+  assert (r["steps"], r["prompt_len"], r["platform"]) == (8, 32, "cpu")
