@@ -192,7 +192,7 @@ def _initial(job: Job, mesh):
   config, and the tokenizer the run saved in its workdir.
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
-  platform = shd.mesh_platform(mesh) if mesh is not None else None
+  platform = shd.mesh_platform(mesh)  # None: the mesh in context
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
     return model_config_for(job, None, platform=platform), load_tokenizer(saved_tokenizer), None
   if job.init_from:  # the config refuses bad overrides before any weight is read
