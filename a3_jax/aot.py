@@ -121,16 +121,12 @@ def check_state_fits(report: dict) -> None:
 
 def stage_flops(model_config, job, curriculum, objective: str) -> list[dict]:
   """Model FLOPs of one step of each curriculum stage and the steps it runs for in a
-  run of job.steps (the last stage runs on to the end)."""
+  run of job.steps."""
   tokens = job.batch_size * job.seq_len
-  out, begin = [], 0
-  for i, (strategy, steps) in enumerate(curriculum.stages):
-    end = job.steps if i == len(curriculum.stages) - 1 else min(job.steps, begin + steps)
-    out.append({"stage": strategy.name, "steps": max(0, end - begin),
-                "flops_per_step": tokens * flops.flops_per_token(
-                    model_config, job.seq_len, strategy, objective)})
-    begin = end
-  return out
+  return [{"stage": strategy.name, "steps": steps,
+           "flops_per_step": tokens * flops.flops_per_token(model_config, job.seq_len,
+                                                            strategy, objective)}
+          for strategy, steps in curriculum.steps_run(job.steps)]
 
 
 def roofline(report: dict, stages: list[dict], tokens_per_step: int, mfu: float) -> dict:
