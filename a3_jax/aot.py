@@ -2,9 +2,8 @@
 
 The devices may be fake CPU ones or the compile-only devices of an accelerator target
 (targets.target_devices): the step is built by the train code's own builders from the
-job, lowered on abstract arrays (nothing is allocated, no eager work touches the
-devices) and compiled; XLA's memory analysis then says what one chip holds. Model
-FLOPs come from flops.py (XLA's cost analysis counts a scanned loop body once), and
+job, lowered on abstract arrays under the mesh (nothing is allocated) and compiled;
+XLA's memory analysis then says what one chip holds. Model FLOPs come from flops.py (XLA's cost analysis counts a scanned loop body once), and
 the roofline from the chip's peak (flops.PEAK_BF16_FLOPS) and HBM (targets.CHIPS).
 """
 
@@ -75,10 +74,11 @@ def custom_calls(compiled) -> dict[str, int]:
 
 
 def compile_for(jitted, args, mesh, **static):
-  """jitted.lower(*args, **static).compile() for the mesh's devices. Tracing sees the mesh's
-  abstract form (device kind included, as under a3-train's jax.set_mesh), so nothing
-  is placed on compile-only devices. A plan too big for the chip: a UserError."""
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), shd.axis_rules():
+  """jitted.lower(*args, **static).compile() for the mesh's devices, traced under
+  jax.set_mesh(mesh) as a3-train traces its step: eager array work anywhere in the
+  step would fail here (compile-only devices hold no arrays). A plan too big for the
+  chip: a UserError."""
+  with jax.set_mesh(mesh), shd.axis_rules():
     lowered = jitted.lower(*args, **static)
   try:
     return lowered.compile()

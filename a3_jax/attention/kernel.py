@@ -81,16 +81,17 @@ class _TwoStreamMask(splash_attention_mask._ComputableMask):
     return hash((type(self), self.shape, self.t, self.group_size))
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, rows: int, t: int, group_size: int, interpret: bool):
+  """Built in the trace that calls it: its mask tables become constants of that trace
+  (no eager arrays, which compile-only devices could not hold); the numpy work behind
+  them is cached by splash itself (equal masks hash equal)."""
   block = next(b for b in (512, 256, _LANES) if t % b == 0 and rows % b == 0)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block,
                             block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
   mask = splash.MultiHeadMask([_TwoStreamMask(rows, t, group_size)] * heads)
-  with jax.ensure_compile_time_eval():  # concrete mask tables, reusable across traces
-    return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                                  interpret=interpret)
+  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
+                                interpret=interpret)
 
 
 def _splash_local(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT, group_size,
