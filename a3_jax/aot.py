@@ -3,8 +3,9 @@
 The devices may be fake CPU ones or the compile-only devices of an accelerator target
 (targets.target_devices): the step is built by the train code's own builders from the
 job, lowered on abstract arrays under the mesh (nothing is allocated) and compiled;
-XLA's memory analysis then says what one chip holds. Model FLOPs come from flops.py (XLA's cost analysis counts a scanned loop body once), and
-the roofline from the chip's peak (flops.PEAK_BF16_FLOPS) and HBM (targets.CHIPS).
+XLA's memory analysis then says what one chip holds. Model FLOPs come from flops.py
+(XLA's cost analysis counts a scanned loop body once), and the roofline from the chip's
+peak (flops.PEAK_BF16_FLOPS) and HBM (targets.CHIPS).
 """
 
 from __future__ import annotations
