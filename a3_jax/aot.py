@@ -74,11 +74,11 @@ def custom_calls(compiled) -> dict[str, int]:
       re.findall(r'custom_call_target="([^"]+)"', compiled.as_text() or "")))
 
 
-def compile_for(jitted, args, mesh, **static):
+def compile_for(jitted, args, mesh, knobs: str, **static):
   """jitted.lower(*args, **static).compile() for the mesh's devices, traced under
   jax.set_mesh(mesh) as a3-train traces its step: eager array work anywhere in the
   step would fail here (compile-only devices hold no arrays). A plan too big for the
-  chip: a UserError."""
+  chip: a UserError that names the `knobs`."""
   with jax.set_mesh(mesh), shd.axis_rules():
     lowered = jitted.lower(*args, **static)
   try:
@@ -86,11 +86,18 @@ def compile_for(jitted, args, mesh, **static):
   except Exception as e:  # XLA reports an allocation it cannot make as RESOURCE_EXHAUSTED
     if _RESOURCE_EXHAUSTED not in str(e):
       raise
-    raise UserError(f"the plan does not fit: XLA: {_first_line(e)}; {_KNOBS}") from None
+    raise UserError(f"the plan does not fit: XLA: {_first_line(e)}; {knobs}") from None
 
 
-_KNOBS = ("try --model=remat=full, a larger --grad_accum, more fsdp in --mesh, "
-          "or --model=attention=kernel")
+def knobs(model_config, train: bool = True) -> str:
+  """The settings that would lower a step's memory, less those already taken."""
+  out = [] if model_config.remat == "full" else ["--model=remat=full"]
+  if train:
+    out.append("a larger --grad_accum")
+  out.append("more fsdp in --mesh" if train else "more chips in --mesh")
+  if model_config.attention == "einsum":
+    out.append("--model=attention=chunked (or kernel, for one group size)")
+  return "try " + ", ".join(out)
 
 
 def _first_line(e: Exception) -> str:
@@ -98,7 +105,7 @@ def _first_line(e: Exception) -> str:
   return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def check_fits(report: dict) -> None:
+def check_fits(report: dict, knobs: str) -> None:
   """A UserError in one line when the per-chip total exceeds the chip's HBM."""
   hbm = report.get("hbm_bytes")
   if hbm and report["total_bytes"] > hbm:
@@ -106,7 +113,7 @@ def check_fits(report: dict) -> None:
         f"the plan does not fit: {report['total_bytes'] / GIB:.1f} GiB per chip "
         f"(arguments {report['argument_bytes'] / GIB:.1f} + temporaries "
         f"{report['temp_bytes'] / GIB:.1f}) > {hbm / GIB:.1f} GiB of HBM on "
-        f"{report['device_kind']}; {_KNOBS}")
+        f"{report['device_kind']}; {knobs}")
 
 
 def check_state_fits(report: dict) -> None:
@@ -187,7 +194,7 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   args = (abstract(state, shardings), batch,
           jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
-  compiled = compile_for(step.jitted, args, mesh)
+  compiled = compile_for(step.jitted, args, mesh, knobs(model_config))
   out.update(memory(compiled))
   out["custom_calls"] = custom_calls(compiled)
   out["param_specs"] = {jax.tree_util.keystr(path): str(s.spec) for path, s in
@@ -197,7 +204,7 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
   stages = stage_flops(model_config, job, curriculum, tc.objective)
   out["stage_flops"] = stages
   out.update(roofline(out, stages, job.batch_size * job.seq_len, mfu))
-  check_fits(out)
+  check_fits(out, knobs(model_config))
   return out
 
 
@@ -238,7 +245,8 @@ def decode_plan(job, devices, *, group_size: int, prompt_len: int, mfu: float = 
           jax.ShapeDtypeStruct((b,), np.int32, sharding=jax.sharding.NamedSharding(
               mesh, shd.logical_to_spec(("act_batch",), (b,), mesh))),
           sampler, scalar(np.int32), scalar(np.int32))
-  compiled = compile_for(group_decoding._decode_groups, args, mesh, config=config,
+  compiled = compile_for(group_decoding._decode_groups, args, mesh,
+                         knobs(config, train=False), config=config,
                          group_size=group_size, form="cached",
                          num_known=decode_loop.prefill_size(known[None]))
   out = {"what": "decode", "preset": job.preset, "model_config": config.to_dict(),
@@ -261,7 +269,7 @@ def decode_plan(job, devices, *, group_size: int, prompt_len: int, mfu: float = 
     step = (weights_read + cache) / out["hbm_bytes_per_s"]
     out.update(step_seconds_memory_bound=step,
                tokens_per_s_per_chip=b * group_size / step / mesh.size)
-  check_fits(out)
+  check_fits(out, knobs(config, train=False))
   return out
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from a3_jax import aot, targets
+from a3_jax.config import PRESETS
 from a3_jax.cli import dry_run
 from sharding_golden import read_golden
 
@@ -73,7 +74,8 @@ def test_kernel_attention_compiles_for_eight_h100s(capsys):
 
 @needs_tpu
 def test_a_plan_that_does_not_fit_is_refused_in_one_line(capsys):
-  """llama3.1-8b's state over 4 v5e chips (16 GiB each) is ~24 GiB per chip."""
+  """llama3.1-8b's parameters and Adam moments over 4 v5e chips (16 GiB each): 19.5 GiB
+  per chip, refused before any compile."""
   err = _refusal(capsys, ["--topology=v5e:2x2", "--preset=llama3.1-8b", "--mesh=fsdp:4",
                           "--batch_size=4", "--seq_len=128", "--curriculum=ar:10"])
   assert len(err.splitlines()) == 1 and "does not fit" in err and "16.0 GiB" in err
@@ -83,9 +85,13 @@ def test_a_plan_that_does_not_fit_is_refused_in_one_line(capsys):
 def test_a_step_above_the_chips_hbm_is_refused():
   report = {"hbm_bytes": 16 * 2**30, "total_bytes": 20 * 2**30, "argument_bytes": 12 * 2**30,
             "temp_bytes": 8 * 2**30, "device_kind": "TPU v5 lite"}
-  with pytest.raises(aot.UserError, match=r"20.0 GiB per chip .* > 16.0 GiB .*remat"):
-    aot.check_fits(report)
-  aot.check_fits({**report, "total_bytes": 15 * 2**30})
+  config = PRESETS["llama3.2-1b"]  # remat none, einsum attention
+  with pytest.raises(aot.UserError, match=r"20.0 GiB per chip .* > 16.0 GiB .*remat=full.*"
+                                          r"grad_accum.*chunked"):
+    aot.check_fits(report, aot.knobs(config))
+  aot.check_fits({**report, "total_bytes": 15 * 2**30}, aot.knobs(config))
+  taken = aot.knobs(config.replace(remat="full", attention="chunked"))
+  assert "remat" not in taken and "attention" not in taken and "grad_accum" in taken
 
 
 def test_target_names_are_checked_before_any_plugin(capsys):
