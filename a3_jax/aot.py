@@ -11,7 +11,6 @@ peak (flops.PEAK_BF16_FLOPS) and HBM (targets.CHIPS).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 import re
 
@@ -165,17 +164,18 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
   bytes by the sharding rules; with `compile_step`, XLA's memory analysis of the real
   step, its custom calls, and the roofline. Refuses (UserError) a plan that does not fit."""
   from a3_jax.grouping import parse_curriculum
-  from a3_jax.train_step import _boxed_state, make_train_step, state_shardings
-  from a3_jax.trainer import planned_config, validate_mesh
+  from a3_jax.train.config import planned_config, validate_mesh
+  from a3_jax.train.state import boxed_state, state_shardings
+  from a3_jax.train.step import make_train_step
 
   curriculum = parse_curriculum(job.curriculum)
   stand_in, note = init_config(job)
   mesh = shd.make_mesh(job.mesh, devices)
   model_config = planned_config(job, stand_in, platform=shd.mesh_platform(mesh))
   validate_mesh(job, mesh)
-  tc = dataclasses.replace(job.train, total_steps=job.steps)
+  tc = job.train_config
   key = jax.eval_shape(jax.random.key, 0)
-  state = jax.eval_shape(lambda k: meta.unbox(_boxed_state(model_config, tc, k)), key)
+  state = jax.eval_shape(lambda k: meta.unbox(boxed_state(model_config, tc, k)), key)
   shardings = state_shardings(model_config, tc, mesh)
   out = {"preset": job.preset, "model_config": model_config.to_dict(), "init_from_note": note,
          "mesh": dict(mesh.shape), "devices": mesh.size, **device_facts(mesh.devices.flat[0]),
@@ -282,5 +282,5 @@ def _ways(spec_entry, mesh) -> int:
 def _decode_config(job, stand_in, platform: str):
   """The model config a3-generate decodes with: a3-train's for this job, whose runtime
   fields (attention, remat, ...) decoding takes from the export."""
-  from a3_jax.trainer import planned_config
+  from a3_jax.train.config import planned_config
   return planned_config(job, stand_in, platform=platform)

@@ -5,8 +5,8 @@
 
 Builds the model config, the abstract params and optimizer state (`jax.eval_shape`)
 and shards them by the rules: bytes per device. The model config and the step are
-a3-train's own (trainer.planned_config, train_step.make_train_step); an --init_from
-not reachable here is stood in by --preset. Without --topology the devices are fake
+a3-train's own (train.config.planned_config, train.step.make_train_step); an
+--init_from not reachable here is stood in by --preset. Without --topology the devices are fake
 CPU ones (as many as --mesh names).
 
 --topology=NAME compiles the real train step ahead of time for a target's devices,
@@ -31,6 +31,7 @@ from absl import flags
 from a3_jax.cli import common as cli
 from a3_jax.cli import train as train_cli
 from a3_jax.errors import UserError
+from a3_jax.train.config import job_from_flags
 
 F = flags.FlagValues()
 F.append_flag_values(train_cli.F)  # the training flags the flag files use
@@ -58,7 +59,7 @@ def _device_count(argv) -> int:
   and a job that cannot fit its mesh is refused before thousands of fake devices exist
   (the CPU backend takes minutes to start 10,000). A malformed flag is main's to report."""
   from a3_jax.sharding import mesh_device_count, parse_mesh_spec
-  from a3_jax.trainer import check_batch_rows, check_numbers
+  from a3_jax.train.config import check_batch_rows
   try:
     F(argv, known_only=True)
   except (flags.Error, UnicodeDecodeError, OSError):
@@ -71,8 +72,7 @@ def _device_count(argv) -> int:
       raise UserError(f"--devices must be >= 1, got {F.devices}")
     count = F.devices or mesh_device_count(F.mesh)
     sizes = parse_mesh_spec(F.mesh, count)
-    job = train_cli.job_from_flags(F)
-    check_numbers(job)
+    job = job_from_flags(F)  # refuses out-of-range numbers
     check_batch_rows(job, sizes["data"] * sizes["fsdp"])
     return count
   finally:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < F.mfu <= 1:
       raise UserError(f"--mfu must be in (0, 1], got {F.mfu}")
     from a3_jax import aot, targets
-    job = train_cli.job_from_flags(F)
+    job = job_from_flags(F)
     if F.topology:
       targets.prepare_environment()  # libtpu reads these when it first loads
       devices = targets.target_devices(F.topology)
