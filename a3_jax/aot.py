@@ -183,7 +183,8 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
          "param_bytes_per_device": bytes_per_device(state.params, shardings.params),
          "opt_state_bytes_per_device": bytes_per_device(state.opt_state, shardings.opt_state),
          "stages": [s.name for s, _ in curriculum.stages],
-         "global_batch_tokens": job.batch_size * job.seq_len}
+         "global_batch_tokens": job.batch_size * job.seq_len,
+         "grad_accum": tc.grad_accum}
   if not compile_step:
     return out
   check_state_fits(out)  # before a compile of minutes that cannot succeed

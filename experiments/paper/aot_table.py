@@ -20,15 +20,15 @@ def row(path: str) -> str:
   name = os.path.basename(path).removesuffix(".json")
   mesh = ",".join(f"{k}:{v}" for k, v in r["mesh"].items() if v > 1)
   cfg = r["model_config"]
-  return (f"| {name} | {r['devices']} x {r['device_kind']} | {mesh} | {cfg['attention']}, "
-          f"remat {cfg['remat']} | {r['argument_bytes'] / GIB:.1f} + {r['temp_bytes'] / GIB:.1f}"
+  return (f"| {name} | {r['devices']} x {r['device_kind']} | {mesh}, accum "
+          f"{r['grad_accum']} | {cfg['attention']}, remat {cfg['remat']} | {r['argument_bytes'] / GIB:.1f} + {r['temp_bytes'] / GIB:.1f}"
           f" = {r['total_bytes'] / GIB:.1f} | {r['hbm_bytes'] / GIB:.0f} | "
           f"{r['headroom_bytes'] / GIB:.1f} | {r['step_seconds_at_peak']:.2f} | "
           f"{r['tokens_per_s_per_chip_at_mfu']:,.0f} | {r['run_seconds_at_mfu'] / 3600:.1f} |")
 
 
 def main(paths: list[str]) -> None:
-  print("| flag file | target | mesh | attention, remat | per-chip GiB: args + temp = total "
+  print("| flag file | target | mesh, accumulation | attention, remat | per-chip GiB: args + temp = total "
         "| HBM GiB | headroom GiB | step s at peak | tokens/s/chip at 40 % | run h at 40 % |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for path in paths:
