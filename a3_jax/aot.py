@@ -163,12 +163,15 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
   """What a3-train would hold per device for `job` on `devices`: parameter and optimizer
   bytes by the sharding rules; with `compile_step`, XLA's memory analysis of the real
   step, its custom calls, and the roofline. Refuses (UserError) a plan that does not fit."""
+  from a3_jax.data.spec import parse as parse_data
   from a3_jax.grouping import parse_curriculum
   from a3_jax.train.config import planned_config, validate_mesh
   from a3_jax.train.state import boxed_state, state_shardings
   from a3_jax.train.step import make_train_step
 
   curriculum = parse_curriculum(job.curriculum)
+  data = {name: [{"source": source.spec, "weight": weight} for source, weight in parse_data(spec)]
+          for name, spec in (("data", job.data), ("eval_data", job.eval_data)) if spec}
   stand_in, note = init_config(job)
   mesh = shd.make_mesh(job.mesh, devices)
   model_config = planned_config(job, stand_in, platform=shd.mesh_platform(mesh))
@@ -182,7 +185,7 @@ def train_plan(job, devices, *, compile_step: bool, mfu: float = 0.4) -> dict:
          "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))),
          "param_bytes_per_device": bytes_per_device(state.params, shardings.params),
          "opt_state_bytes_per_device": bytes_per_device(state.opt_state, shardings.opt_state),
-         "stages": [s.name for s, _ in curriculum.stages],
+         "stages": [s.name for s, _ in curriculum.stages], **data,
          "global_batch_tokens": job.batch_size * job.seq_len,
          "grad_accum": tc.grad_accum}
   if not compile_step:

@@ -4,10 +4,11 @@
   a3-dry-run --preset=tiny --mesh=fsdp:8 --topology=h100:8 --json
 
 Builds the model config, the abstract params and optimizer state (`jax.eval_shape`)
-and shards them by the rules: bytes per device. The model config and the step are
+and shards them by the rules: bytes per device. Checks the grammar of --data and
+--eval_data (data.spec) without reading any data. The model config and the step are
 a3-train's own (train.config.planned_config, train.step.make_train_step); an
---init_from not reachable here is stood in by --preset. Without --topology the devices are fake
-CPU ones (as many as --mesh names).
+--init_from not reachable here is stood in by --preset. Without --topology the
+devices are fake CPU ones (as many as --mesh names).
 
 --topology=NAME compiles the real train step ahead of time for a target's devices,
 on this host: TPU slices as libtpu names them (v5p:2x2x1, v5p:4x4x4, v5e:2x2, v4:2x2x1,
@@ -105,6 +106,10 @@ def _lines(r: dict) -> list[str]:
            f"{r['device_kind']} devices {r['mesh']}: params "
            f"{r['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
            f"{r['opt_state_bytes_per_device'] / gib:.2f} GiB per device"]
+  for name in ("data", "eval_data"):
+    if name in r:
+      lines.append(f"--{name}: " + ", ".join(f"{c['source']} ({c['weight']:.0%})"
+                                             for c in r[name]))
   if "total_bytes" in r:
     hbm = (f" of {r['hbm_bytes'] / gib:.1f} GiB HBM, headroom {r['headroom_bytes'] / gib:.1f} GiB"
            if r["hbm_bytes"] else "")
