@@ -156,6 +156,7 @@ def device_facts(device) -> dict:
   return {"platform": device.platform, "device_kind": device.device_kind,
           "hbm_bytes": chip.hbm_bytes if chip else None,
           "hbm_bytes_per_s": chip.hbm_bytes_per_s if chip else None,
+          "chip_facts_source": chip.source if chip else None,
           "peak_flops": flops.device_peak_flops(device)}
 
 
