@@ -1,4 +1,5 @@
-"""XLA settings that help on the CPU backend, applied by the console scripts before JAX starts.
+"""XLA settings that help on the CPU backend, applied by the console scripts before JAX starts,
+and the model settings a run on CPU devices defaults to (`model_overrides`).
 
 XLA reads XLA_FLAGS once, when the first backend initialises, so `apply` must run
 before any computation. It appends (never overrides) flags the user has not set
@@ -24,6 +25,14 @@ def cpu_backend_expected(environ=os.environ) -> bool:
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
   return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+
+
+def model_overrides(platform: str) -> tuple[tuple[str, str], ...]:
+  """--model overrides (NAME, VALUE) a run on `platform`'s devices ('cpu', 'tpu', 'gpu':
+  sharding.mesh_platform of its mesh, never the host's backend) starts from; its own
+  --model flags come after and win. XLA CPU runs unrolled layers faster than a scan;
+  an accelerator keeps the scan (unrolled, the 1b step needs ~4x the temporaries)."""
+  return (("scan_layers", "false"),) if platform == "cpu" else ()
 
 
 def apply(environ=os.environ) -> tuple[str, ...]:

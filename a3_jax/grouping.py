@@ -150,6 +150,16 @@ class Curriculum:
   def stage_name(self, step: int) -> str:
     return self.stage(step).name
 
+  def steps_run(self, total_steps: int, start: int = 0) -> list[tuple[Strategy, int]]:
+    """(strategy, steps) of each stage within steps [start, total_steps) of a run (the
+    last stage runs on to total_steps)."""
+    out, begin = [], 0
+    for i, (strategy, steps) in enumerate(self.stages):
+      end = total_steps if i == len(self.stages) - 1 else min(total_steps, begin + steps)
+      out.append((strategy, max(0, end - max(begin, start))))
+      begin = end
+    return out
+
   @property
   def has_causal(self) -> bool:
     return any(s.kind == "causal" for s, _ in self.stages)

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 TOOLS = {"train": ["workdir", "preset", "model", "init_from", "coordinator_address"],
-         "dry_run": ["devices", "compile", "preset", "mesh"],
+         "dry_run": ["devices", "compile", "preset", "mesh", "topology", "mfu", "what", "json"],
          "export": ["workdir", "out", "dtype", "format"],
          "plot": ["out"],
          "convert": ["from", "out", "dtype"],

@@ -15,6 +15,8 @@ import math
 import jax
 from absl import flags
 
+from a3_jax import cpu_tuning
+from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig, get_preset, resolve
 from a3_jax.convert.loader import read_config
 from a3_jax.errors import UserError
@@ -167,16 +169,18 @@ def job_from_flags(fv: flags.FlagValues) -> Job:
 
 
 def model_config_for(job: Job, vocab_size: int | None,
-                     init_config: ModelConfig | None = None) -> ModelConfig:
+                     init_config: ModelConfig | None = None,
+                     platform: str | None = None) -> ModelConfig:
   """THE model config of a run (a3-train and a3-dry-run both call this).
 
   From scratch: --preset with the tokenizer's `vocab_size` and the --model overrides.
   With --init_from: that checkpoint's config (`init_config`, read from --init_from
-  when not given) with the --model overrides of runtime settings only.
+  when not given) with the --model overrides of runtime settings only. `platform`:
+  of the devices the run is for (default: sharding.mesh_platform()), whose defaults
+  (cpu_tuning.model_overrides) the --model flags override.
   """
-  # XLA CPU runs unrolled layers faster than a scan; a --model=scan_layers=... wins.
-  overrides = ((("scan_layers", "false"),) if jax.default_backend() == "cpu" else ()
-               ) + tuple(job.model_overrides)
+  overrides = (cpu_tuning.model_overrides(platform or shd.mesh_platform())
+               + tuple(job.model_overrides))
   if job.init_from:
     base = read_config(job.init_from) if init_config is None else init_config
     return resolve(base, overrides, checkpoint=f"--init_from={job.init_from}")
@@ -204,11 +208,13 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
                         f"stage {strategy.name!r} differs (use attention=chunked)")
 
 
-def planned_config(job: Job, init_config: ModelConfig | None = None) -> ModelConfig:
-  """The model config `loop.run(job)` trains, checked against the curriculum, without
-  devices or weights (a3-dry-run). `init_config` stands in for --init_from's config."""
+def planned_config(job: Job, init_config: ModelConfig | None = None,
+                   platform: str | None = None) -> ModelConfig:
+  """The model config `loop.run(job)` trains on `platform`'s devices, checked against
+  the curriculum, without devices or weights (a3-dry-run). `init_config` stands in for
+  --init_from's config."""
   vocab_size = None if job.init_from else load_tokenizer(job.tokenizer).vocab_size
-  model_config = model_config_for(job, vocab_size, init_config)
+  model_config = model_config_for(job, vocab_size, init_config, platform)
   validate_plan(job, model_config, parse_curriculum(job.curriculum))
   return model_config
 

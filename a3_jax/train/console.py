@@ -28,15 +28,12 @@ def banner(job: Job, curriculum, model_config: ModelConfig, params, start: int) 
     return
   count = sum(x.size for x in jax.tree.leaves(params))
   tokens = (job.steps - start) * job.batch_size * job.seq_len
-  seconds, begin = 0.0, 0  # each remaining stage at its own cost (the last runs on)
-  for i, (strategy, steps) in enumerate(curriculum.stages):
-    end = job.steps if i == len(curriculum.stages) - 1 else min(job.steps, begin + steps)
-    left = max(0, end - max(begin, start))
+  seconds = 0.0  # each remaining stage at its own cost
+  for strategy, left in curriculum.steps_run(job.steps, start):
     if left:
       seconds += expected_seconds(model_config, job.seq_len,
                                   left * job.batch_size * job.seq_len, strategy,
                                   job.train.objective) or 0.0
-    begin = end
   duration = f"~{clock(seconds)} expected" if seconds else "duration unknown"
   print(f"a3-train: preset {job.init_from or job.preset}, {count / 1e6:.2f}M parameters, "
         f"{job.steps - start} steps of {job.batch_size}x{job.seq_len} tokens ({tokens:,}) on "

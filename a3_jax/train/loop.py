@@ -42,16 +42,17 @@ def initial(job: Job, mesh):
   config, and the tokenizer the run saved in its workdir.
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
+  platform = shd.mesh_platform(mesh)  # None: the mesh in context
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
-    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
-  if job.init_from:
-    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    return model_config_for(job, None, platform=platform), load_tokenizer(saved_tokenizer), None
+  if job.init_from:  # the config refuses bad overrides before any weight is read
+    model_config = model_config_for(job, None, platform=platform)
     params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
   tokenizer = load_tokenizer(job.tokenizer)
-  return model_config_for(job, tokenizer.vocab_size), tokenizer, None
+  return model_config_for(job, tokenizer.vocab_size, platform=platform), tokenizer, None
 
 
 def run(job: Job) -> dict:
