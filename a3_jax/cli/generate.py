@@ -18,6 +18,11 @@ length is scored by log p(text after | text before, length) in one pass, plus
 text and exact log-probability (of the generated tokens under the grouping
 they were generated in); --show_order adds the step each token was committed
 in; --json prints one JSON object per sample instead.
+--head=content samples the content stream as the causal LM it is, left to right
+(an unadapted pretrained model, an --objective=ar run; blanks see only the text
+to their left), and ignores the decoder flags. With --head=query (A3), a model
+whose query stream was never trained (a converted AR model, a run that ended in
+its causal stage) gets a warning: it would sample noise.
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE.
 """
 
@@ -37,6 +42,7 @@ from a3_jax.decoding.prompt import (format_sample, parse_length_template, parse_
 from a3_jax.decoding.samples import decode_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
+from a3_jax.history import untrained_query_stream
 
 DECODERS = ("group", "dynamic", "speculative")
 F = flags.FlagValues()
@@ -45,6 +51,9 @@ flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint'
                     flag_values=F)
 flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate", flag_values=F)
 flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt", flag_values=F)
+flags.DEFINE_enum("head", "query", ["query", "content"], "query: A3 decoding (the query "
+                  "stream) | content: causal sampling of the content stream, left to right "
+                  "(unadapted or AR models)", flag_values=F)
 flags.DEFINE_enum("decoder", "group", DECODERS, "group (Algorithm 1) | dynamic (Algorithm 2) "
                   "| speculative (one token at a time, --draft_size drafted per call)",
                   flag_values=F)
@@ -91,6 +100,9 @@ def _check_flags() -> None:
       raise UserError(f"--{name} must be >= 0, got {getattr(F, name)}")
   if not 0.0 <= F.threshold <= 1.0:  # NaN fails too
     raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
+  if F.head == "content" and F["decoder"].present and F.decoder != "group":
+    raise UserError(f"--head=content samples left to right; --decoder={F.decoder} is for "
+                    "--head=query")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
   blank_length.log_prior(F.length_prior, [1])  # validates
 
@@ -102,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
+    untrained = untrained_query_stream(F.checkpoint) if F.head == "query" else None
+    if untrained:
+      print(f"warning: {untrained}: its query stream was never trained, so --head=query "
+            "samples noise; use --head=content (the causal LM) or adapt it first "
+            f"(a3-train --init_from={F.checkpoint})", file=sys.stderr, flush=True)
     template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
+    if template is not None and F.head == "content":
+      raise UserError("<blank:MIN-MAX> scores lengths with the query stream: use <blank:N> "
+                      "with --head=content")
     choice = None
     if template is None:
       tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     continuation = known_T[:len(known_T) - F.max_new_tokens].all()
     eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
     out = jax.device_get(decode_prompt(
-        params, config, tokens_T, known_T, num_samples=F.num_samples, decoder=F.decoder,
+        params, config, tokens_T, known_T, num_samples=F.num_samples,
+        decoder="causal" if F.head == "content" else F.decoder,
         sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed, eos_id=eos_id,
         pad_id=max(tokenizer.pad_id, 0), form=F.form, order=F.order, group_size=F.group_size,
         criterion=F.criterion, commit_per_step=F.commit_per_step, threshold=F.threshold,

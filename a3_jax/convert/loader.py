@@ -13,6 +13,8 @@ one (`hf_params.initial_query_embed`); one exported by a3_jax keeps its own.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import jax
@@ -40,7 +42,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def open_checkpoint(spec: str):
-  """The HFDir or GGUFFile behind an 'hf:' or 'gguf:' spec."""
+  """The HFDir or GGUFFile behind an 'hf:' or 'gguf:' spec (the last one opened is
+  reused while its file is unchanged: opening a GGUF parses its whole vocabulary)."""
+  kind, path = parse_spec(spec)
+  stamp = tuple(os.stat(f).st_mtime_ns for f in (path, os.path.join(path, "config.json"))
+                if os.path.exists(f))
+  return _open_checkpoint(spec, stamp)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_checkpoint(spec: str, stamp):
+  del stamp  # part of the cache key only
   kind, path = parse_spec(spec)
   if kind == "hf":
     from a3_jax.convert.hf_dir import HFDir
@@ -162,14 +174,18 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
   return _load_source(source, config, shardings), config, tokenizer
 
 
+def has_query_vector(spec: str) -> bool:
+  """Whether an 'hf:'/'gguf:' checkpoint carries a query-stream vector (one a3_jax wrote);
+  an AR LLaMA has none, so its query stream was never trained."""
+  return open_checkpoint(spec).shape(hf_params.QUERY_EMBED_NAME) is not None
+
+
 def load_model(spec: str, tokenizer_path: str | None = None):
   """(params, config, tokenizer) of a checkpoint `hf:DIR | gguf:FILE | EXPORT_DIR`.
 
   The one loader of generation, evaluation and conversion: `tokenizer_path`
   replaces the checkpoint's own tokenizer; a checkpoint without one needs it.
   """
-  import os
-  from a3_jax.tokenizer import load_tokenizer
   params, config, tokenizer = load_pretrained(spec)
   if tokenizer_path:
     if not os.path.isfile(tokenizer_path):

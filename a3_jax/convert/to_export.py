@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tempfile
 
-from a3_jax.convert.loader import load_pretrained, parse_spec
+from a3_jax.convert.loader import has_query_vector, load_pretrained, parse_spec
 from a3_jax.errors import UserError
 from a3_jax.export import save_export
+from a3_jax.history import CONVERTED
 from a3_jax.rundir import check_out_dir
 from a3_jax.tokenizer import save_tokenizer
 
@@ -18,5 +19,8 @@ def convert(source: str, out_dir: str, dtype: str = "float32") -> str:
     raise UserError(f"--from must be hf:DIR or gguf:FILE, got {source!r}")
   check_out_dir(out_dir)
   params, config, tokenizer = load_pretrained(source, param_dtype=dtype)
+  # What a3-generate's warning reads (a3_jax.history): an AR LLaMA's query stream is new.
+  history = {CONVERTED: source, "query_stream": has_query_vector(source)}
   with tempfile.TemporaryDirectory() as tmp:
-    return save_export(out_dir, params, config, save_tokenizer(tokenizer, tmp))
+    return save_export(out_dir, params, config, save_tokenizer(tokenizer, tmp),
+                       run_flags=history)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from a3_jax.decoding import dynamic, group, speculative
+from a3_jax.decoding import causal, dynamic, group, speculative
 from a3_jax.decoding.sampling import SamplerConfig
 
 
@@ -17,10 +17,14 @@ def decode_prompt(params, config, tokens_T, known_T, *, num_samples: int = 1,
   """`num_samples` rows of one prompt (tokens_T [T], known_T [T] bool) decoded by
   `decoder`: 'group' (groups of `group_size` in `order`) or 'dynamic' (`criterion`,
   `commit_per_step`, `threshold`, `block_size`) or 'speculative' (one token at a time in
-  `order`, `draft_size` drafted per call; no `form`). Returns the decoder's result."""
+  `order`, `draft_size` drafted per call; no `form`) or 'causal' (the content stream as a
+  causal LM, left to right; no `form`). Returns the decoder's result."""
   tokens = np.broadcast_to(tokens_T, (num_samples, len(tokens_T)))
   known = np.broadcast_to(known_T, tokens.shape)
   common = dict(sampler=sampler, seed=seed, eos_id=eos_id, pad_id=pad_id, form=form)
+  if decoder == "causal":
+    del common["form"]
+    return causal.decode_causal(params, config, tokens, known, **common)
   if decoder == "speculative":
     order_ids = group.schedule(known, order=order, group_size=1, seed=seed)
     del common["form"]

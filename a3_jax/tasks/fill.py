@@ -7,8 +7,8 @@ A request is tokens [B, T] with known [B, T] (given tokens) and valid [B, T]
               groups of `group_size`, one model call per group
   a3-dynamic  dynamic resampling (decode_dynamic): the `group_size` most
               confident blanks per model call
-  ar          the causal baseline (content stream): blanks left to right, one
-              call per blank, from the tokens to their left only
+  ar          the causal baseline (decoding/causal.py, content stream): blanks
+              left to right, one call per blank, from the tokens to their left only
   mdm         the masked-diffusion baseline (mdm.generate): confidence-ordered
               unmasking in ceil(blanks / group_size) calls
 
@@ -18,41 +18,17 @@ methods can be compared at equal numbers of calls.
 
 from __future__ import annotations
 
-import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
 from a3_jax.config import ModelConfig
-from a3_jax.model import A3LM, Rows
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
 METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
-  """Greedy left-to-right fill with the content stream; one full pass per column
-  that holds a blank in some row (columns without one are skipped)."""
-  model = A3LM(config)
-  b, t = tokens_BxT.shape
-  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  rows = Rows(pos_BxT, jnp.ones_like(pos_BxT), pos_BxT)
-
-  def column(i, tokens):
-    def predict(tokens):
-      h, _, _ = model.apply(params, tokens, rows, None, method=A3LM.forward)
-      h_prev = jax.lax.dynamic_slice_in_dim(h, i - 1, 1, axis=1)
-      nxt_B = jnp.argmax(model.apply(params, h_prev, method=A3LM.logits)[:, 0], axis=-1)
-      return tokens.at[:, i].set(jnp.where(blank_BxT[:, i], nxt_B, tokens[:, i]))
-    return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
-
-  return jax.lax.fori_loop(1, t, column, tokens_BxT)
 
 
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
@@ -95,5 +71,6 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
-  out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
-  return np.asarray(out), int(blanks.any(axis=0).sum())
+  from a3_jax.decoding.causal import decode_causal
+  out = decode_causal(params, config, tokens, known, valid, sampler=GREEDY, seed=seed)
+  return np.asarray(out.tokens), int(blanks.any(axis=0).sum())
