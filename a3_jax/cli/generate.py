@@ -31,15 +31,13 @@ from __future__ import annotations
 import json
 import sys
 
-import jax
 from absl import flags
 
 from a3_jax.cli import common as cli
 from a3_jax.decoding import CRITERIA, ORDERS, blank_length
 from a3_jax.convert.loader import load_model
-from a3_jax.decoding.prompt import (format_sample, parse_length_template, parse_prompt,
-                                   render)
-from a3_jax.decoding.samples import decode_prompt
+from a3_jax.decoding.prompt import format_sample
+from a3_jax.decoding.samples import sample_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 from a3_jax.history import untrained_query_stream
@@ -119,42 +117,21 @@ def main(argv: list[str] | None = None) -> int:
       print(f"warning: {untrained}: its query stream was never trained, so --head=query "
             "samples noise; use --head=content (the causal LM) or adapt it first "
             f"(a3-train --init_from={F.checkpoint})", file=sys.stderr, flush=True)
-    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
-    if template is not None and F.head == "content":
-      raise UserError("<blank:MIN-MAX> scores lengths with the query stream: use <blank:N> "
-                      "with --head=content")
-    choice = None
-    if template is None:
-      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
-                                       config.max_seq_len)
-    else:
-      choice = blank_length.choose_length(params, config, template, F.length_prior)
-      tokens_T, known_T = template.fill(choice.chosen)
+
+    def on_length(choice):
       if not F.json:
-        print(f"blank length {choice.chosen} chosen from {template.lengths.start}-"
-              f"{template.lengths.stop - 1}: " + "  ".join(
+        print(f"blank length {choice.chosen} chosen from {choice.lengths[0]}-"
+              f"{choice.lengths[-1]}: " + "  ".join(
                   f"{n}:{t:.2f}" for n, t in zip(choice.lengths, choice.total)), flush=True)
-    if len(tokens_T) > config.max_seq_len:
-      raise UserError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
-                       f"model's maximum of {config.max_seq_len}")
-    # Only a plain continuation stops at EOS: an EOS in an infilled blank would
-    # cut off the known text after it.
-    continuation = known_T[:len(known_T) - F.max_new_tokens].all()
-    eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
-    out = jax.device_get(decode_prompt(
-        params, config, tokens_T, known_T, num_samples=F.num_samples,
-        decoder="causal" if F.head == "content" else F.decoder,
-        sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed, eos_id=eos_id,
-        pad_id=max(tokenizer.pad_id, 0), form=F.form, order=F.order, group_size=F.group_size,
+
+    samples = sample_prompt(
+        params, config, tokenizer, F.prompt, F.max_new_tokens, head=F.head,
+        length_prior=F.length_prior, on_length=on_length, num_samples=F.num_samples,
+        decoder=F.decoder, sampler=SamplerConfig(F.temperature, F.top_k, F.top_p),
+        seed=F.seed, form=F.form, order=F.order, group_size=F.group_size,
         criterion=F.criterion, commit_per_step=F.commit_per_step, threshold=F.threshold,
-        block_size=F.block_size, draft_size=F.draft_size))
-    for i in range(F.num_samples):
-      sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
-                      out.logprob[i])
-      if hasattr(out, "calls"):
-        sample["model_calls"] = int(out.calls[i])
-      if choice is not None:
-        sample["length_choice"] = choice.as_json()
+        block_size=F.block_size, draft_size=F.draft_size)
+    for i, sample in enumerate(samples):
       if F.json:
         print(json.dumps({"sample": i, **sample}), flush=True)
       else:
