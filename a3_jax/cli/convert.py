@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     if not F["from"].value or not F.out:
       raise UserError("--from and --out are required")
-    out = convert(F["from"].value, F.out, F.dtype)
+    out = convert(F["from"].value, F.out, F.dtype,
+                  report=lambda line: print(line, file=sys.stderr, flush=True))
   print(f"wrote {out}")
   return 0
 

@@ -120,10 +120,11 @@ def _sharded_leaf(shape, sharding, dtype, read_slice) -> jax.Array:
   return jax.make_array_from_callback(tuple(shape), sharding, callback, dtype=dtype)
 
 
-def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
+def _load_source(source, config: ModelConfig, shardings: Any, progress=None) -> dict[str, Any]:
   dtype = np.dtype(config.weight_dtype)
   params: dict[str, Any] = {}
-  for path, leaf in hf_params.hf_leaves(config).items():
+  leaves = hf_params.hf_leaves(config)
+  for i, (path, leaf) in enumerate(leaves.items()):
     sharding = shardings["params"]
     node = params
     for key in path[:-1]:
@@ -131,6 +132,8 @@ def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
     node[path[-1]] = _sharded_leaf(
         leaf.shape, sharding[path[-1]], dtype,
         lambda index, leaf=leaf: hf_params.read_leaf(leaf, index, source.read, dtype))
+    if progress is not None:
+      progress(i + 1, len(leaves))
   name = hf_params.QUERY_EMBED_NAME
   if source.shape(name) is not None:
     query_embed = source.read(name, (slice(None),) * len(source.shape(name))).reshape(-1)
@@ -146,14 +149,15 @@ def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
 
 
 def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings: Any = None,
-                    param_dtype: str | None = None) -> tuple[Any, ModelConfig, Any]:
+                    param_dtype: str | None = None, progress=None) -> tuple[Any, ModelConfig, Any]:
   """(params, config, tokenizer) of 'hf:DIR', 'gguf:FILE' or an export DIR.
 
   shardings: a pytree of Shardings matching the unboxed params ({'params': ...});
   without it, the rules of a3_jax.sharding on `mesh`, or the default device.
   param_dtype: the dtype to hold weights in (default: float32; exports keep theirs).
   The tokenizer follows the interface in a3_jax.convert.tokenizer (None if an
-  export has none).
+  export has none). `progress(done, total)` hears each parameter read from an
+  'hf:'/'gguf:' checkpoint (each holds every layer's slice of one weight).
   """
   kind, path = parse_spec(spec)
   if kind == "export":
@@ -171,7 +175,7 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
   hf_params.check_shapes(source.shape, config)
   tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
   shardings = _shardings_for(config, mesh, shardings)
-  return _load_source(source, config, shardings), config, tokenizer
+  return _load_source(source, config, shardings, progress), config, tokenizer
 
 
 def has_query_vector(spec: str) -> bool:
