@@ -24,15 +24,9 @@ import sys
 
 from absl import flags
 
-from a3_jax import evaluate
-from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
-from a3_jax.data.text_file import read_texts
-from a3_jax.likelihood_report import (curve_path, format_likelihood, likelihood_report,
-                                      trained_mdm_shift, window_and_context)
 from a3_jax.errors import UserError
-from a3_jax.tasks.fill import METHODS
-from a3_jax.tasks.run import TASKS
+from a3_jax.tasks import FILL_METHODS as METHODS, TASKS
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -92,6 +86,7 @@ flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
 
 
 def groupings(head: str) -> list[str]:
+  from a3_jax import evaluate
   if head == "mdm":
     if F["grouping"].present:
       raise UserError("--head=mdm scores the ELBO, which has no grouping: drop --grouping")
@@ -142,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if args:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
+    # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax.convert.loader import load_model
+    from a3_jax.data.text_file import read_texts
+    from a3_jax.likelihood_report import (curve_path, format_likelihood, likelihood_report,
+                                          trained_mdm_shift, window_and_context)
     if F.text_file:
       names = groupings(F.head)
       texts = read_texts(F.text_file)

@@ -34,13 +34,8 @@ import sys
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.decoding import CRITERIA, ORDERS, blank_length
-from a3_jax.convert.loader import load_model
-from a3_jax.decoding.prompt import format_sample
-from a3_jax.decoding.samples import sample_prompt
-from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.decoding.choices import CRITERIA, ORDERS
 from a3_jax.errors import UserError
-from a3_jax.history import untrained_query_stream
 
 DECODERS = ("group", "dynamic", "speculative")
 F = flags.FlagValues()
@@ -84,6 +79,8 @@ flags.DEFINE_bool("show_order", False, "show the step each generated token was c
 
 
 def _check_flags() -> None:
+  from a3_jax.decoding import blank_length
+  from a3_jax.decoding.sampling import SamplerConfig
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
@@ -111,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     if args:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
+    # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax.convert.loader import load_model
+    from a3_jax.decoding.prompt import format_sample
+    from a3_jax.decoding.samples import sample_prompt
+    from a3_jax.decoding.sampling import SamplerConfig
+    from a3_jax.history import untrained_query_stream
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
     untrained = untrained_query_stream(F.checkpoint) if F.head == "query" else None
     if untrained:

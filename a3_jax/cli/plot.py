@@ -13,7 +13,6 @@ import sys
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.plot import plot_run
 from a3_jax.errors import UserError
 
 F = flags.FlagValues()
@@ -26,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse(F, argv, "a3-plot", __doc__)
     if len(args) != 1:
       raise UserError("usage: a3-plot WORKDIR [--out=PNG]")
+    from a3_jax.plot import plot_run  # after parsing: --help stays quick
     print(plot_run(args[0], F.out))
   return 0
 

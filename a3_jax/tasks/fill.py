@@ -27,7 +27,7 @@ from a3_jax.config import ModelConfig
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
-METHODS = ("a3", "a3-dynamic", "ar", "mdm")
+from a3_jax.tasks import FILL_METHODS as METHODS
 GREEDY = SamplerConfig(temperature=0.0)
 
 
