@@ -16,7 +16,7 @@ class Progress:
   """Call with the count done so far (and the total, where only the caller knows it);
   it reports at most about every `every` of the total, and at the end, through
   `report(line)`: 'LABEL: 3/12 UNIT (25%), 0m40s, ~2m00s left'. The clock starts
-  when the Progress is made."""
+  when the Progress is made, or again at a call with done=0 (which reports nothing)."""
 
   def __init__(self, label: str, report, total: int | None = None, unit: str = "",
                every: float = 0.1):
@@ -26,6 +26,9 @@ class Progress:
 
   def __call__(self, done: int, total: int | None = None) -> None:
     total = self.total = total or self.total
+    if done == 0:
+      self.started, self.last = time.perf_counter(), 0
+      return
     if done - self.last < self.every * total and done < total:
       return
     self.last = done

@@ -124,6 +124,8 @@ def _load_source(source, config: ModelConfig, shardings: Any, progress=None) -> 
   dtype = np.dtype(config.weight_dtype)
   params: dict[str, Any] = {}
   leaves = hf_params.hf_leaves(config)
+  if progress is not None:
+    progress(0, len(leaves))
   for i, (path, leaf) in enumerate(leaves.items()):
     sharding = shardings["params"]
     node = params
