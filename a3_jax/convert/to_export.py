@@ -16,14 +16,13 @@ from a3_jax.tokenizer import save_tokenizer
 def convert(source: str, out_dir: str, dtype: str = "float32", report=None) -> str:
   """Converts 'hf:DIR' or 'gguf:FILE' into an export at out_dir; returns its path.
   Nothing is written to out_dir unless the whole export is. `report(line)` hears
-  how far it has got, with an ETA."""
+  how far it has got, with an ETA, once the checkpoint has passed every check (a
+  refused one says only why)."""
   if parse_spec(source)[0] == "export":
     raise UserError(f"--from must be hf:DIR or gguf:FILE, got {source!r}")
   check_out_dir(out_dir)
   progress = None if report is None else Progress("reading weights", report, unit="weights",
                                                   every=0)
-  if report is not None:
-    report(f"opening {source}")
   params, config, tokenizer = load_pretrained(source, param_dtype=dtype, progress=progress)
   if report is not None:
     report(f"writing {out_dir}")
