@@ -206,7 +206,7 @@ class A3JaxLM(LM):
       kwargs = json.loads(key)
       until = kwargs.get("until") or []
       until = [until] if isinstance(until, str) else list(until)
-      new_toks = _positive("max_gen_toks", kwargs.get("max_gen_toks", self.max_gen_toks))
+      new_toks = _integer("max_gen_toks", kwargs.get("max_gen_toks", self.max_gen_toks), 1)
       if new_toks >= self.config.max_seq_len:
         raise UserError(f"max_gen_toks {new_toks} leaves no room for a prompt in the model's "
                         f"{self.config.max_seq_len} positions")
