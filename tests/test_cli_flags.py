@@ -48,3 +48,22 @@ def test_help_loads_no_jax():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count("flags:") == 5
+
+
+def test_train_flags_are_the_job_fields_with_the_job_defaults():
+  """a3-train's flags are generated from Job and TrainConfig: one set of defaults."""
+  from absl import flags
+
+  from a3_jax.train import config
+  fv = flags.FlagValues()
+  config.define_flags(fv)
+  fv(["a3-train"])
+  assert config.job_from_flags(fv) == config.Job()
+  assert config.Job().train.lr == 2e-3 and config.Job().train.warmup_steps == 50
+  fv = flags.FlagValues()
+  config.define_flags(fv)
+  fv(["a3-train", "--steps=3", "--lr=0.5", "--model=remat=full", "--noskip_nonfinite",
+      "--objective=ar", "--eval_data=text:x"])
+  job = config.job_from_flags(fv)
+  assert (job.steps, job.train.lr, job.train.objective, job.eval_data) == (3, 0.5, "ar", "text:x")
+  assert job.model_overrides == (("remat", "full"),) and job.train_config.total_steps == 3
