@@ -25,14 +25,14 @@ from a3_jax.export import RUN_FLAGS, tokenizer_file
 from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum
 from a3_jax.metrics import MetricsWriter, read_metrics
+from a3_jax.progress import Progress
 from a3_jax.tokenizer import load_tokenizer, save_tokenizer, token_char_lengths
 from a3_jax.train import console
 from a3_jax.train.config import (SCHEDULE_STEPS, Job, TrainConfig, model_config_for,
                                  resumed_flags, schedule_steps, validate_mesh, validate_plan)
-from a3_jax.train.resume import resume
 from a3_jax.train.eta import RunClock
+from a3_jax.train.resume import resume
 from a3_jax.train.signals import Preemption
-from a3_jax.progress import Progress
 from a3_jax.train.state import init_state, state_from_params, state_shardings
 from a3_jax.train.step import make_eval_step, make_train_step
 from a3_jax.train.validation import EVAL_GROUPINGS, eval_source, evaluate
