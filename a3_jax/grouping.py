@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +153,14 @@ class Curriculum:
   @property
   def has_causal(self) -> bool:
     return any(s.kind == "causal" for s, _ in self.stages)
+
+
+def equal_curriculum(stages: Sequence[str], steps: int) -> str:
+  """The curriculum spec of `stages` in equal shares of `steps` (the last takes the
+  remainder), e.g. the paper's ('ar', 'block:2', 'block:4', 'perm:4', 'perm:8')."""
+  each = max(1, steps // len(stages))
+  counts = [each] * (len(stages) - 1) + [max(1, steps - each * (len(stages) - 1))]
+  return ",".join(f"{s}:{n}" for s, n in zip(stages, counts))
 
 
 def parse_curriculum(spec: str) -> Curriculum:

@@ -26,9 +26,20 @@ from flax.linen import meta
 from a3_jax.config import ModelConfig
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
-
 from a3_jax.tasks import FILL_METHODS as METHODS
+
 GREEDY = SamplerConfig(temperature=0.0)
+WIDTH_MULTIPLE = 16  # widths rounded up to a multiple: few distinct shapes to compile
+
+
+def round_width(width: int) -> int:
+  return -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+
+
+def row_calls(method: str, blanks: int, group_size: int) -> int:
+  """Model calls that fill one row of `blanks` blanks alone (in a batch, `ar` may take
+  more: it runs every column that holds a blank in any row)."""
+  return blanks if method == "ar" else math.ceil(blanks / group_size)
 
 
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
@@ -57,20 +68,24 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
     out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
                                eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "a3-dynamic":
     from a3_jax.decoding.dynamic import decode_dynamic
     out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
                          criterion="confidence", commit_per_step=group_size,
                          sampler=GREEDY, seed=seed, eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "mdm":
     from a3_jax import mdm
-    steps = math.ceil(most / group_size)
+    steps = row_calls(method, most, group_size)
     return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
   from a3_jax.decoding.causal import decode_causal
-  out = decode_causal(params, config, tokens, known, valid, sampler=GREEDY, seed=seed)
-  return np.asarray(out.tokens), int(blanks.any(axis=0).sum())
+  # Columns after the last blank cannot change the fill: leave them out of every pass.
+  end = min(tokens.shape[1], round_width(int(np.flatnonzero(blanks.any(axis=0))[-1]) + 1))
+  out = tokens.copy()
+  out[:, :end] = decode_causal(params, config, tokens[:, :end], known[:, :end], valid[:, :end],
+                               sampler=GREEDY, seed=seed).tokens
+  return out, int(blanks.any(axis=0).sum())

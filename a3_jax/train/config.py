@@ -107,7 +107,8 @@ class Job:
       "start: from scratch this one (a causal LM, then A3); with --init_from the paper's "
       "stages ar, block:2, block:4, perm:4, perm:8 in equal shares of --steps; with "
       "--objective=ar|mdm ar:STEPS")
-  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]")
+  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]"
+                     " | parquet:GLOB[#COLUMN] | jsonl:GLOB[#FIELD] | mix:SOURCE=W,SOURCE=W,...")
   eval_data: str | None = _field(
       None, "validation source (default: the validation split of --data)")
   data_dir: str | None = _field(None, "tfds data directory (default: tfds' own)")

@@ -82,6 +82,13 @@ def validation(step: int, results: dict) -> None:
       for k, v in results.items() if k.startswith("nll")), flush=True)
 
 
+def mixture(step: int, shares: dict) -> None:
+  """The token shares of a --data=mix: so far, beside their weights (this host's rows)."""
+  print(f"step {step} data token shares " + ", ".join(
+      f"{spec} {s['share']:.3f} (weight {s['weight']:.3f})" for spec, s in shares.items()),
+        flush=True)
+
+
 def done(job: Job, seconds: float, expected: float | None) -> None:
   """The last lines of a finished run: its time against the start's estimate, where its
   results are, and what to run next (with the head the run trained)."""
