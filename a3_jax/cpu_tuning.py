@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 # The YNNPACK dot fusion of jaxlib's CPU backend: 10-40 % faster train steps here
 # (benchmarks/step_ratio.py --xla_tuning vs --noxla_tuning).
@@ -38,8 +39,11 @@ def model_overrides(platform: str) -> tuple[tuple[str, str], ...]:
 def apply(environ=os.environ) -> tuple[str, ...]:
   """Appends CPU_XLA_FLAGS that XLA_FLAGS does not already set; returns those added.
   Nothing once a JAX backend is running (XLA has read its flags)."""
-  from jax._src import xla_bridge  # no public API tells whether a backend has started
-  if xla_bridge.backends_are_initialized() or not cpu_backend_expected(environ):
+  if "jax" in sys.modules:  # else no backend can be running (and importing JAX takes seconds)
+    from jax._src import xla_bridge  # no public API tells whether a backend has started
+    if xla_bridge.backends_are_initialized():
+      return ()
+  if not cpu_backend_expected(environ):
     return ()
   existing = environ.get("XLA_FLAGS", "")
   added = tuple(f for f in CPU_XLA_FLAGS if f.split("=")[0] not in existing)

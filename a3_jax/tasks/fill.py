@@ -7,8 +7,8 @@ A request is tokens [B, T] with known [B, T] (given tokens) and valid [B, T]
               groups of `group_size`, one model call per group
   a3-dynamic  dynamic resampling (decode_dynamic): the `group_size` most
               confident blanks per model call
-  ar          the causal baseline (content stream): blanks left to right, one
-              call per blank, from the tokens to their left only
+  ar          the causal baseline (decoding/causal.py, content stream): blanks
+              left to right, one call per blank, from the tokens to their left only
   mdm         the masked-diffusion baseline (mdm.generate): confidence-ordered
               unmasking in ceil(blanks / group_size) calls
 
@@ -18,42 +18,18 @@ methods can be compared at equal numbers of calls.
 
 from __future__ import annotations
 
-import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
 from a3_jax.config import ModelConfig
-from a3_jax.model import A3LM, Rows
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
+from a3_jax.tasks import FILL_METHODS as METHODS
 
-METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
 WIDTH_MULTIPLE = 16  # widths rounded up to a multiple: few distinct shapes to compile
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
-  """Greedy left-to-right fill with the content stream; one full pass per column
-  that holds a blank in some row (columns without one are skipped)."""
-  model = A3LM(config)
-  b, t = tokens_BxT.shape
-  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  rows = Rows(pos_BxT, jnp.ones_like(pos_BxT), pos_BxT)
-
-  def column(i, tokens):
-    def predict(tokens):
-      h, _, _ = model.apply(params, tokens, rows, None, method=A3LM.forward)
-      h_prev = jax.lax.dynamic_slice_in_dim(h, i - 1, 1, axis=1)
-      nxt_B = jnp.argmax(model.apply(params, h_prev, method=A3LM.logits)[:, 0], axis=-1)
-      return tokens.at[:, i].set(jnp.where(blank_BxT[:, i], nxt_B, tokens[:, i]))
-    return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
-
-  return jax.lax.fori_loop(1, t, column, tokens_BxT)
 
 
 def round_width(width: int) -> int:
@@ -106,9 +82,10 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
+  from a3_jax.decoding.causal import decode_causal
   # Columns after the last blank cannot change the fill: leave them out of every pass.
   end = min(tokens.shape[1], round_width(int(np.flatnonzero(blanks.any(axis=0))[-1]) + 1))
   out = tokens.copy()
-  out[:, :end] = _causal_fill(params, jnp.asarray(tokens[:, :end]), jnp.asarray(blanks[:, :end]),
-                              config=config)
+  out[:, :end] = decode_causal(params, config, tokens[:, :end], known[:, :end], valid[:, :end],
+                               sampler=GREEDY, seed=seed).tokens
   return out, int(blanks.any(axis=0).sum())
