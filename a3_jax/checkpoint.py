@@ -5,10 +5,16 @@ One CheckpointManager per workdir (`WORKDIR/checkpoints`), Composite items:
   data   grain.checkpoint.CheckpointSave of the data iterator
   meta   JsonSave of the model config and the settings a resume must agree on
 Saves are asynchronous; a resumed run restores straight into the mesh shardings.
+
+Every step directory carries `CHECKSUMS.json` (sha256 of each file), written by
+orbax's own commit (`_ChecksummedPath.finalize`, after every item is written and
+before the directory is renamed into place), so a committed step always has it.
+`intact_step` verifies it before loading: a flipped byte is damage, like truncation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +26,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.path import atomicity
 
 from a3_jax.config import ModelConfig, architecture_diff
 from a3_jax.errors import UserError
@@ -30,13 +37,81 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
 
 
+CHECKSUMS_FILE = "CHECKSUMS.json"
+# Written by orbax's commit after the checksums (the commit marker, the commit time).
+_UNCHECKED = frozenset({CHECKSUMS_FILE, atomicity.COMMIT_SUCCESS_FILE, "_CHECKPOINT_METADATA"})
+
+
+def _file_digests(step_dir) -> dict[str, list]:
+  """{path relative to step_dir: [size, sha256]} of every file a save wrote."""
+  step_dir = str(step_dir)
+  digests = {}
+  for root, dirs, names in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel in _UNCHECKED:
+        continue
+      with open(path, "rb") as f:
+        digests[rel] = [os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()]
+  return digests
+
+
+def write_checksums(step_dir) -> None:
+  with open(os.path.join(str(step_dir), CHECKSUMS_FILE), "w", encoding="utf-8") as f:
+    json.dump(_file_digests(step_dir), f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class ChecksumMismatch(Exception):
+  """A step's files differ from the checksums written when it was saved (damage)."""
+
+
+def verify_checksums(step_dir) -> None:
+  """Raises ChecksumMismatch naming the first file that is missing, unexpected, or
+  whose bytes changed; a step saved before checksums existed is not checked."""
+  path = os.path.join(str(step_dir), CHECKSUMS_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ChecksumMismatch(f"file {CHECKSUMS_FILE} is unreadable ({e})") from None
+  found = _file_digests(step_dir)
+  for rel in sorted(set(saved) | set(found)):
+    if rel not in found:
+      raise ChecksumMismatch(f"file {rel} is missing")
+    if rel not in saved:
+      raise ChecksumMismatch(f"file {rel} was not part of the save")
+    (size, digest), (now_size, now_digest) = saved[rel], found[rel]
+    if now_size != size:
+      raise ChecksumMismatch(f"file {rel} " + ("is empty" if now_size == 0 else "is truncated"
+                                               if now_size < size else "has grown"))
+    if now_digest != digest:
+      raise ChecksumMismatch(f"file {rel} does not match its checksum (bytes changed)")
+
+
+class _ChecksummedPath(atomicity.AtomicRenameTemporaryPath):
+  """orbax's atomic-rename commit, with CHECKSUMS.json written into the finished
+  temporary directory first: the rename publishes the step and its checksums at once."""
+
+  async def finalize(self):
+    write_checksums(self.get())
+    await super().finalize()
+
+
 def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = None
                  ) -> ocp.CheckpointManager:
+  directory = checkpoint_dir(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
-      save_interval_steps=1 if save_every is None else save_every)
-  return ocp.CheckpointManager(checkpoint_dir(workdir),
-                               options=options, item_names=("state", "data", "meta"))
+      save_interval_steps=1 if save_every is None else save_every,
+      # gs:// commits by a marker file (orbax's default there), unchecked
+      temporary_path_class=None if "://" in str(directory) else _ChecksummedPath)
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -101,9 +176,12 @@ def intact_step(manager: ocp.CheckpointManager, load, newest: int | None = None)
     if newest is not None and step > newest:
       continue
     try:
+      verify_checksums(manager.directory / str(step))
       return step, load(step), damaged
     except UserError:
       raise
+    except ChecksumMismatch as e:
+      damaged.append((step, str(e)))
     except Exception as e:  # orbax, tensorstore and json errors of a damaged file
       what = describe_damage(manager.directory / str(step), e)
       damaged.append((step, what))

@@ -197,18 +197,29 @@ def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, 
   assert not os.path.exists(lock) and digest(workdir) == before
 
 
-def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, tmp_path, capsys):
+@pytest.mark.parametrize("damage, what", [
+    ("truncate", "is truncated"),
+    ("flip", "does not match its checksum"),  # 64 bytes inverted, size unchanged
+])
+def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, tmp_path, capsys,
+                                                                        damage, what):
   workdir = copy_of(made, "run", tmp_path)
   with open(largest_file(os.path.join(workdir, "checkpoints", str(STEPS), "state")), "r+b") as f:
-    f.truncate(100)
+    if damage == "truncate":
+      f.truncate(100)
+    else:
+      f.seek(os.fstat(f.fileno()).st_size // 2)
+      flipped = bytes(b ^ 0xFF for b in f.read(64))
+      f.seek(-len(flipped), os.SEEK_CUR)
+      f.write(flipped)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 3, "lo')  # a crash mid-write
   line = refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
                  f"checkpoint step {STEPS} in", workdir, tmp_path / "out")
-  assert "is truncated" in line and f"pass --step={STEPS - 1}" in line
+  assert what in line and f"pass --step={STEPS - 1}" in line
   run(job(workdir, steps=STEPS + 1))
   err = capsys.readouterr().err
-  assert f"checkpoint step {STEPS} in" in err and "is damaged" in err
+  assert f"checkpoint step {STEPS} in" in err and "is damaged" in err and what in err
   assert f"resuming from step {STEPS - 1}" in err and "dropped the torn last line" in err
   assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", str(STEPS)))
   losses = {r["step"]: r["loss"] for r in read_metrics(workdir) if "split" not in r}
@@ -219,7 +230,7 @@ def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, t
 
 @pytest.mark.parametrize("name, damage, message", [
     ("meta/metadata", "empty", "file meta/metadata is empty"),
-    ("data/process_0-of-1.json", "truncate", "file data/process_0-of-1.json is not valid JSON"),
+    ("data/process_0-of-1.json", "truncate", "file data/process_0-of-1.json is truncated"),
 ])
 def test_every_checkpoint_damaged_is_refused_never_restarted(made, tmp_path, capsys, name,
                                                              damage, message):
