@@ -4,8 +4,9 @@
 Hugging Face model, unrelated files), is a regular file or is not writable;
 `check_out_dir` does the same for an output directory, which must be new or empty.
 Both run before anything is written. `WorkdirLock` keeps two runs off one workdir:
-a lock file with the holder's pid and host, taken before the first write and
-removed on exit; the lock of a dead process on this host is taken over with a message.
+a lock file with the holder's pid and host, created with its content in one step
+before the first write and removed on exit; the lock of a dead process on this host
+is taken over with a message, a lock that cannot be read is not (a person decides).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import sys
 
+from a3_jax.atomic_file import is_aside, write_atomic
 from a3_jax.errors import UserError
 
 LOCK_NAME = "LOCK"
@@ -79,7 +81,7 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
   kind = _foreign_kind(path, entries)
   if kind:
     raise UserError(f"{flag}={path} holds {kind}, not a training run; use another {flag}")
-  foreign = [e for e in entries if e not in RUN_ENTRIES]
+  foreign = [e for e in entries if e not in RUN_ENTRIES and not is_aside(e)]
   is_run = "checkpoints" in entries or "metrics.jsonl" in entries
   if foreign and not is_run:
     raise UserError(f"{flag}={path} is not empty and not a training run directory "
@@ -144,12 +146,14 @@ class WorkdirLock:
       self.created_workdir = True
     for _ in range(2):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        write_atomic(self.path, json.dumps(self.owner), exclusive=True)
       except FileExistsError:
         holder = self._holder()
-        if holder is None:  # torn or foreign: a crash between create and write
-          print(f"warning: {self.path} is unreadable; taking it over", file=sys.stderr, flush=True)
-        elif holder.get("host") == self.owner["host"] and not _holder_alive(holder):
+        if holder is None:  # never torn (created whole): foreign, or damaged
+          self.release_created()
+          raise UserError(f"--workdir={self.workdir}: the lock file {self.path} is unreadable "
+                          "(not one a3_jax wrote); delete it if no run uses this workdir")
+        if holder.get("host") == self.owner["host"] and not _holder_alive(holder):
           print(f"warning: taking over the stale lock {self.path} of pid {holder.get('pid')}, "
                 "which is no longer running", file=sys.stderr, flush=True)
         else:
@@ -160,8 +164,6 @@ class WorkdirLock:
         with contextlib.suppress(FileNotFoundError):
           os.remove(self.path)
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(self.owner, f)
       return
     raise UserError(f"--workdir={self.workdir}: another run took the lock {self.path} first")
 

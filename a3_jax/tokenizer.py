@@ -29,6 +29,7 @@ import sentencepiece as spm
 import tokenizers
 from etils import epath
 
+from a3_jax.atomic_file import write_atomic
 from a3_jax.data.corpus import asset_path
 from a3_jax.errors import UserError
 
@@ -92,10 +93,10 @@ class JsonTokenizer:
   def save(self, directory: str) -> str:
     """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""
     path = os.path.join(directory, "tokenizer.json")
-    epath.Path(path).write_text(self.tokenizer.to_str(pretty=True))
+    write_atomic(path, self.tokenizer.to_str(pretty=True))
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
                for role in _ROLES if getattr(self, f"{role}_id") >= 0}
-    epath.Path(directory, SIDECAR).write_text(json.dumps(special, indent=2))
+    write_atomic(os.path.join(directory, SIDECAR), json.dumps(special, indent=2))
     return path
 
 
@@ -109,7 +110,7 @@ def save_tokenizer(tokenizer, directory: str) -> str:
     return tokenizer.save(directory)
   target = os.path.join(directory, "tokenizer.model")
   if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    epath.Path(target).write_bytes(epath.Path(tokenizer.path).read_bytes())  # gs:// too
+    write_atomic(target, epath.Path(tokenizer.path).read_bytes())  # gs:// too
   return target
 
 

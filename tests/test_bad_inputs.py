@@ -182,6 +182,14 @@ def test_a_workdir_in_use_is_refused_untouched(made, tmp_path, capsys):
           f"is in use by pid {holder}", workdir)
 
 
+def test_an_unreadable_lock_is_not_taken_over(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  with open(os.path.join(workdir, rundir.LOCK_NAME), "w") as f:
+    f.write('{"pid": 1')  # not what WorkdirLock writes (it creates the file whole)
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          "the lock file", workdir)
+
+
 def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, tmp_path, capsys):
   workdir = copy_of(made, "run", tmp_path)
   before = digest(workdir)
