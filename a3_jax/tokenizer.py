@@ -72,8 +72,13 @@ class JsonTokenizer:
     ids = dict(fallback_ids or {})
     sidecar = os.path.join(os.path.dirname(path), SIDECAR)
     if os.path.isfile(sidecar):
-      with open(sidecar) as f:
-        special = json.load(f)
+      try:
+        with open(sidecar, encoding="utf-8") as f:
+          special = json.load(f)
+      except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{sidecar} is not valid JSON ({e})") from None
+      if not isinstance(special, dict):
+        raise UserError(f"{sidecar} is not a JSON object of special tokens")
       for role in _ROLES:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
@@ -89,6 +94,9 @@ class JsonTokenizer:
 
   def decode(self, ids) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def __repr__(self) -> str:
+    return f"JsonTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
   def save(self, directory: str) -> str:
     """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""

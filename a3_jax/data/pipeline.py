@@ -58,7 +58,9 @@ def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
 
 def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDataset:
   if tokenizer.eos_id < 0:
-    raise UserError(f"{tokenizer} has no EOS id, which ends every document")
+    where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
+    raise UserError(f"tokenizer {where} has no EOS token, which ends every document "
+                    "(a tokenizer.json names it as eos_token in tokenizer_config.json beside it)")
   return documents.map(functools.partial(_encode_document, tokenizer))
 
 
