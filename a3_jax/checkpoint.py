@@ -30,6 +30,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from a3_jax.config import ModelConfig, architecture_diff
 from a3_jax.errors import UserError
+from a3_jax.rundir import check_remote
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -123,6 +124,8 @@ def has_checkpoint(workdir: str) -> bool:
 def open_manager(workdir: str) -> ocp.CheckpointManager:
   """A manager of an existing run's checkpoints, for reading: creates nothing."""
   directory = checkpoint_dir(workdir)
+  if "://" in workdir:
+    check_remote(workdir, "--workdir")
   if not directory.is_dir():
     raise UserError(f"--workdir={workdir} holds no checkpoints/ (not a training run?)")
   options = ocp.CheckpointManagerOptions(create=False)  # read_only=True only adds a warning

@@ -33,6 +33,16 @@ def _is_remote(path: str) -> bool:
   return "://" in path
 
 
+def check_remote(path: str, flag: str) -> None:
+  """A gs:// (or other URI) path whose file-system package is missing is refused in
+  one line; the package's own error says which to install."""
+  from etils import epath
+  try:
+    epath.Path(path).exists()
+  except ImportError as e:
+    raise UserError(f"{flag}={path}: {e}") from None
+
+
 def _check_writable_location(path: str, flag: str) -> None:
   """`path` is absent: the nearest existing ancestor must be a writable directory."""
   parent = os.path.dirname(os.path.abspath(path))
@@ -76,6 +86,7 @@ def _foreign_kind(path: str, entries: list[str]) -> str | None:
 def check_workdir(path: str, flag: str = "--workdir") -> None:
   """A new directory, or a training run's: anything else is refused (before any write)."""
   if _is_remote(path):
+    check_remote(path, flag)
     return
   entries = _check_directory(path, flag)
   kind = _foreign_kind(path, entries)
@@ -91,10 +102,26 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
 def check_out_dir(path: str, flag: str = "--out") -> None:
   """An output directory must be new or empty, and creatable (before any write)."""
   if _is_remote(path):
+    check_remote(path, flag)
     return
   if _check_directory(path, flag):
     raise UserError(f"{flag}={path} exists and is not empty; use a new or empty directory")
   _check_writable_location(path, flag)  # the output is staged in a sibling, then renamed
+
+
+def check_out_file(path: str, flag: str) -> None:
+  """An output file's directory must exist and be writable, and the path must not be a
+  directory (before any work is done toward it)."""
+  if _is_remote(path):
+    check_remote(path, flag)
+    return
+  if os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a directory; name a file")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise UserError(f"{flag}={path}: directory {parent} does not exist")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{flag}={path}: directory {parent} is not writable")
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -149,6 +149,15 @@ class Tokenizer:
     return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
+def check_fits(tokenizer, vocab_size: int, model: str) -> None:
+  """A tokenizer whose ids the model has no embedding for is refused (its logits for
+  them do not exist: NaN likelihoods, out-of-range embedding lookups)."""
+  if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+    where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
+    raise UserError(f"tokenizer {where} has {tokenizer.vocab_size} ids but {model} has a "
+                    f"vocabulary of {vocab_size}; use the tokenizer it was trained with")
+
+
 def _first_id(value) -> int | None:
   if isinstance(value, list):
     return value[0] if value else None

@@ -24,7 +24,7 @@ import sys
 
 from absl import flags
 
-from a3_jax import evaluate
+from a3_jax import evaluate, rundir
 from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
 from a3_jax.data.text_file import read_texts
@@ -113,6 +113,8 @@ def _check_flags() -> None:
     raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
     raise UserError("--curve compares A3 groupings: it needs --head=query")
+  if F.curve:
+    rundir.check_out_file(F.curve_png, "--curve_png")
   for name in ("orders", "window", "batch_size", "elbo_samples", "group_size", "max_new_tokens"):
     if getattr(F, name) is not None and getattr(F, name) < 1:
       raise UserError(f"--{name} must be >= 1, got {getattr(F, name)}")
