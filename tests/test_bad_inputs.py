@@ -453,6 +453,152 @@ def test_every_console_script_main_refuses_in_one_line(made, tmp_path, capsys):
     assert [digest(p) for p in watched] == before, argv
 
 
+def _word_tokenizer(directory, size: int, sidecar: str | None = None) -> str:
+  """A word-level tokenizer.json of `size` ids (its sidecar, if given, as raw text)."""
+  import tokenizers
+  os.makedirs(directory, exist_ok=True)
+  vocab = {"[UNK]": 0, "[EOS]": 1, **{f"w{i}": i for i in range(2, size)}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  path = os.path.join(directory, "tokenizer.json")
+  tok.save(path)
+  if sidecar is not None:
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+      f.write(sidecar)
+  return path
+
+
+def _hf_with(made, tmp_path, name, edit=None, raw: bytes | None = None, tokenizer=None) -> str:
+  """A copy of the HF export with its config.json edited (or replaced by raw bytes),
+  or its tokenizer replaced by the tokenizer.json `tokenizer`."""
+  hf = str(tmp_path / name)
+  shutil.copytree(made["hf"], hf)
+  config_path = os.path.join(hf, "config.json")
+  if edit is not None:
+    with open(config_path) as f:
+      config = json.load(f)
+    edit(config)
+    with open(config_path, "w") as f:
+      json.dump(config, f)
+  if raw is not None:
+    with open(config_path, "wb") as f:
+      f.write(raw)
+  if tokenizer is not None:
+    for old in glob.glob(os.path.join(hf, "tokenizer*")):
+      os.remove(old)
+    shutil.copy(tokenizer, os.path.join(hf, "tokenizer.json"))
+  return hf
+
+
+def _zero_head_gguf(path) -> str:
+  import gguf
+  w = gguf.GGUFWriter(str(path), "llama")
+  for add, value in (("add_block_count", 1), ("add_embedding_length", 64),
+                     ("add_feed_forward_length", 128), ("add_head_count", 0),
+                     ("add_vocab_size", 256)):
+    getattr(w, add)(value)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return str(path)
+
+
+def _round2_probes(made, tmp_path):
+  """(program, main, argv, message) of the issue-23 probes; each once ended in a
+  traceback, a hang, or a silently wrong exit 0 (see `before` in ROUND2_TABLE)."""
+  workdir = str(tmp_path / "new_run")
+  out = str(tmp_path / "out")
+  no_eos = _word_tokenizer(tmp_path / "no_eos", 300)
+  bad_sidecar = _word_tokenizer(tmp_path / "bad_sidecar", 300, sidecar="{not json")
+  big = _word_tokenizer(tmp_path / "big", 3000, sidecar='{"eos_token": "[EOS]"}')
+  def no_head_dim(c, heads=0):
+    c.pop("head_dim", None)
+    c["num_attention_heads"] = heads
+  zero_heads = _hf_with(made, tmp_path, "zero_heads", edit=no_head_dim)
+  latin1 = _hf_with(made, tmp_path, "latin1", raw=b'{"model_type": "llama", "name": "caf\xe9"}')
+  no_factor = _hf_with(made, tmp_path, "no_factor", edit=lambda c: c.update(
+      rope_scaling={"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64}))
+  big_tok_hf = _hf_with(made, tmp_path, "big_tok", tokenizer=big)
+  gguf_file = _zero_head_gguf(tmp_path / "zero_heads.gguf")
+  tiny = ["--preset=tiny", "--steps=1", "--batch_size=8", "--seq_len=32"]
+  text = tmp_path / "text.txt"
+  text.write_text("To be or not to be.\n")
+  train = ("a3-train", train_cli.main)
+  return [
+      (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=nan"],
+       "--model=rms_eps=nan: invalid ModelConfig: rms_eps must be a number > 0"),
+      (*train, [f"--workdir={workdir}", *tiny, "--model=attention=chunked",
+                "--model=attention_chunk=0"], "attention_chunk must be >= 1, got 0"),
+      (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=1e39"],
+       "rms_eps must be a number > 0 (finite in float32), got 1e+39"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--tokenizer={bad_sidecar}"],
+       "tokenizer_config.json is not valid JSON"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--tokenizer={no_eos}"],
+       f"tokenizer {no_eos} has no EOS token"),
+      (*train, ["--workdir=gs://a3-no-bucket/run", *tiny], "--workdir=gs://a3-no-bucket/run: "),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{zero_heads}", f"--out={out}"],
+       "num_attention_heads must be >= 1, got 0"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", f"--init_from=hf:{zero_heads}"],
+       "num_attention_heads must be >= 1, got 0"),
+      ("a3-convert", convert_cli.main, [f"--from=gguf:{gguf_file}", f"--out={out}"],
+       "llama.attention.head_count (0)"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", f"--init_from=gguf:{gguf_file}"],
+       "llama.attention.head_count (0)"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{latin1}", f"--out={out}"],
+       "config.json is not UTF-8 text"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{no_factor}", f"--out={out}"],
+       "llama3 rope_scaling lacks ['factor']"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{big_tok_hf}", f"--out={out}"],
+       "has 3000 ids but model hf:"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint=hf:{big_tok_hf}", f"--text_file={text}"],
+       "has 3000 ids but model hf:"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--tokenizer={big}",
+                                  f"--text_file={text}"], "has 3000 ids but model"),
+      ("a3-generate", generate_cli.main, [f"--checkpoint={made['export']}", f"--tokenizer={big}",
+                                          "--prompt=a <blank:2>"], "has 3000 ids but model"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--text_file={text}",
+                                  "--curve", "--curve_png=/no/such/dir/x.png"],
+       "--curve_png=/no/such/dir/x.png: directory /no/such/dir does not exist"),
+  ]
+
+
+# probe: (before this round, after)
+ROUND2_TABLE = {
+    "--model=rms_eps=nan": ("accepted; NaN at step 1, workdir written", "exit 2, one line"),
+    "--model=attention_chunk=0": ("traceback", "exit 2, one line"),
+    "--model=rms_eps=1e39": ("accepted; inf in float32", "exit 2, one line"),
+    "tokenizer_config.json not JSON": ("traceback (a3-train, a3-convert)", "exit 2, one line"),
+    "tokenizer without EOS": ("named as <JsonTokenizer object at 0x...>", "named by its path"),
+    "--workdir=gs:// without gcsfs": ("traceback (ImportError)", "exit 2, one line"),
+    "zero heads, HF config without head_dim": ("traceback (ZeroDivisionError)", "exit 2"),
+    "zero heads in a3-dry-run --init_from": ("traceback", "exit 2, one line"),
+    "zero heads in a GGUF": ("traceback (ZeroDivisionError)", "exit 2, one line"),
+    "HF config.json not UTF-8": ("traceback (UnicodeDecodeError)", "exit 2, one line"),
+    "llama3 rope_scaling without factor": ("traceback (KeyError)", "exit 2, one line"),
+    "3000-id tokenizer, 2048-id model": ("exit 0, prints nan (a3-eval); a3-convert accepts",
+                                        "exit 2 in a3-eval, a3-generate, a3-convert"),
+    "--curve_png=/no/such/dir/x.png": ("traceback after 30 s of work", "exit 2 before loading"),
+}
+
+
+def test_round2_probes_refuse_in_one_line(made, tmp_path, capsys):
+  probes = _round2_probes(made, tmp_path)
+  watched = [made["run"], made["export"], made["hf"], str(tmp_path)]
+  for program, main, argv, message in probes:
+    before = [digest(p) for p in watched]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+      main(argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert exit_info.value.code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), (argv, err)
+    assert message in lines[0], (argv, lines[0])
+    assert [digest(p) for p in watched] == before, argv
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--devices=0"], "--devices must be >= 1, got 0"),
     (["--devices=-3"], "--devices must be >= 1, got -3"),
