@@ -383,6 +383,41 @@ def test_convert_names_a_truncated_safetensors_file_and_bad_outputs(made, tmp_pa
           "is a file, not a directory", a_file, made["hf"])
 
 
+@pytest.mark.parametrize("program, fmt", [("a3-export", "a3"), ("a3-export", "hf"),
+                                          ("a3-convert", None)])
+def test_disk_full_and_ctrl_c_while_writing_an_export_leave_nothing(made, tmp_path, capsys,
+                                                                    monkeypatch, program, fmt):
+  """ENOSPC (as tensorstore words it) mid-write: one line, exit 2; Ctrl-C: one line,
+  exit 130; neither leaves OUT or OUT.partial; a stale OUT.partial is cleaned up."""
+  from a3_jax import export
+  from a3_jax.convert import hf_export
+  out = tmp_path / "out"
+  if program == "a3-export":
+    write = lambda: export_run(made["run"], str(out), fmt=fmt)
+  else:
+    write = lambda: convert_cli.main([f"--from=hf:{made['hf']}", f"--out={out}"])
+  real_copy = export.copy_tokenizer
+  for failure, code in ((ValueError("OUT_OF_RANGE: write failed: No space left on device"), 2),
+                        (KeyboardInterrupt(), 130)):
+    def failing_copy(*args, failure=failure):
+      real_copy(*args)
+      raise failure
+    monkeypatch.setattr(export, "copy_tokenizer", failing_copy)
+    monkeypatch.setattr(hf_export, "copy_tokenizer", failing_copy)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info, user_errors(program):
+      write()
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert exit_info.value.code == code and len(lines) == 1, lines
+    assert ("no space left on device" if code == 2 else "interrupted") in lines[0]
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+  monkeypatch.undo()
+  (tmp_path / "out.partial").mkdir()  # what a kill -9 leaves
+  (tmp_path / "out.partial" / "config.json").write_text("{")
+  write()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 def test_plot_refuses_an_unwritable_out(made, tmp_path, capsys):
   a_file = tmp_path / "a_file"
   a_file.write_text("x")
