@@ -234,13 +234,45 @@ def check_compatible(meta: dict, model_config: ModelConfig, workdir: str) -> Non
                      f"({details}); use another --workdir or the same settings")
 
 
+# Run settings a resume must agree on with its checkpoint (beyond the architecture):
+# meta key -> the a3-train flag that sets it. CHANGEABLE ones a run may change on
+# purpose (--allow_change=NAME): the data stream then starts afresh from the new
+# settings (the saved iterator position belongs to the old ones); a tokenizer never.
+RESUME_FLAGS = {"tokenizer": "--tokenizer", "data": "--data", "seq_len": "--seq_len",
+                "batch_size": "--batch_size"}
+CHANGEABLE = ("data", "seq_len", "batch_size")
+
+
+def check_settings(meta: dict, settings: dict, allowed=(), workdir: str = "") -> list[str]:
+  """Refuses a resume whose `settings` ({RESUME_FLAGS key: value}) differ from the
+  checkpoint's `meta` in one line naming the flag and both values, unless the key is
+  in `allowed` (a subset of CHANGEABLE); returns the keys changed on purpose. Keys an
+  older checkpoint did not record are not compared."""
+  changed = []
+  for key, flag in RESUME_FLAGS.items():
+    if key not in meta or key not in settings or meta[key] == settings[key]:
+      continue
+    if key in allowed:
+      changed.append(key)
+      continue
+    saved, now = meta[key], settings[key]
+    if key == "tokenizer":
+      saved, now = f"sha256 {saved[:12]}", f"sha256 {now[:12]}"
+    hint = (f"pass --allow_change={key} to change it on purpose (the data stream then starts "
+            f"afresh)" if key in CHANGEABLE else "pass the tokenizer the run started with")
+    raise UserError(f"{flag}: the checkpoint in {workdir} was trained with {saved!r}, this run "
+                    f"asks for {now!r}; {hint}")
+  return changed
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
   """Restores the state into the shardings of `abstract_state` (ShapeDtypeStructs
-  with .sharding) and the data iterator in place; returns the state."""
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
-  return restored["state"]
+  with .sharding) and the data iterator in place (None: the iterator starts afresh);
+  returns the state."""
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
 def abstract_like(state_shapes: Any, shardings: Any):

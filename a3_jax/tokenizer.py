@@ -19,6 +19,7 @@ BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -147,6 +148,17 @@ class Tokenizer:
 
   def __repr__(self) -> str:
     return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def fingerprint(tokenizer) -> str:
+  """sha256 of what a tokenizer maps (its pieces and special ids), not of where it lives:
+  a copy elsewhere has the same fingerprint, another tokenizer of the same size does not."""
+  h = hashlib.sha256()
+  sp = getattr(tokenizer, "_sp", None)
+  h.update(sp.serialized_model_proto() if sp is not None
+           else tokenizer.tokenizer.to_str().encode("utf-8"))
+  h.update(f"{tokenizer.bos_id},{tokenizer.eos_id},{tokenizer.pad_id}".encode())
+  return h.hexdigest()
 
 
 def check_fits(tokenizer, vocab_size: int, model: str) -> None:
