@@ -561,7 +561,12 @@ def _round2_probes(made, tmp_path):
   text = tmp_path / "text.txt"
   text.write_text("To be or not to be.\n")
   train = ("a3-train", train_cli.main)
+  (tmp_path / "good.jsonl").write_text('{"text": "To be or not to be."}\n')
+  no_text = tmp_path / "no_text.jsonl"
+  no_text.write_text('\n{"body": "To be or not to be."}\n')
   return [
+      (*train, [f"--workdir={workdir}", *tiny, f"--data=text:{tmp_path}/*.jsonl"],
+       f"{no_text}, line 2: expected a JSON object with a string 'text' field"),
       (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=nan"],
        "--model=rms_eps=nan: invalid ModelConfig: rms_eps must be a number > 0"),
       (*train, [f"--workdir={workdir}", *tiny, "--model=attention=chunked",
@@ -615,6 +620,9 @@ ROUND2_TABLE = {
     "3000-id tokenizer, 2048-id model": ("exit 0, prints nan (a3-eval); a3-convert accepts",
                                         "exit 2 in a3-eval, a3-generate, a3-convert"),
     "--curve_png=/no/such/dir/x.png": ("traceback after 30 s of work", "exit 2 before loading"),
+    "--data=text:*.jsonl, a file whose lines lack text": (
+        "refused after config.json, flags.json, tokenizer, metrics, tensorboard/, checkpoints/",
+        "refused before any write, naming file and line"),
 }
 
 

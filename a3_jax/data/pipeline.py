@@ -64,6 +64,15 @@ def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDa
   return documents.map(functools.partial(_encode_document, tokenizer))
 
 
+def check_first_documents(source, tokenizer: Tokenizer) -> None:
+  """Reads and tokenizes the first document of every file of `source` (one of other
+  sources), so that a wrong format is refused before a run writes anything; a bad
+  record later on surfaces when the pipeline reaches it, naming its file and line."""
+  first = getattr(source, "first_documents", lambda: [0] if len(source) else [])
+  for index in first():
+    _encode_with_eos(tokenizer, source[index])
+
+
 def _packed_rows(ids: grain.MapDataset, seq_len: int) -> grain.IterDataset:
   """Rows {tokens, tokens_segment_ids, tokens_positions}, each [T]."""
   return grain.experimental.ConcatThenSplitIterDataset(ids.to_iter_dataset(_READ_OPTIONS),
@@ -101,12 +110,14 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   `a3_jax.cli.common.parse` does).
   """
   index, count = _shard(shard_index, shard_count)
-  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
+  source = make_source(source_spec, split=split, data_dir=data_dir)
+  documents = grain.MapDataset.source(source)
   host_documents = documents[index::count]
   if not len(host_documents):
     raise UserError(f"source {source_spec!r} has {len(documents)} documents, too few for "
                      f"{count} hosts to get at least one each")
   ids = _tokenized(host_documents.shuffle(seed=seed).repeat(None), tokenizer)
+  check_first_documents(source, tokenizer)
   rows = grain.experimental.WindowShuffleIterDataset(_packed_rows(ids, seq_len),
                                                      window_size=shuffle_window, seed=seed)
   batches = rows.batch(batch_size, drop_remainder=True).map(_batch_features)
