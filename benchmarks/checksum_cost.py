@@ -28,7 +28,7 @@ from a3_jax.train_step import TrainConfig, init_state, state_shardings
 
 # ~100M parameters: a GPT-2-small-sized LLaMA with a 32k vocabulary.
 _100M = ModelConfig(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, num_kv_heads=12,
-                    head_dim=64, mlp_dim=2048, max_seq_len=1024)
+                    head_dim=64, mlp_dim=2048, max_seq_len=1024, tie_embeddings=True)
 _STATES = flags.DEFINE_list("states", ["small", "100m"], "small (the default run's preset), 100m")
 _ITERS = flags.DEFINE_integer("iters", 3, "restores and verifications timed per state")
 
