@@ -77,6 +77,8 @@ def _foreign_kind(path: str, entries: list[str]) -> str | None:
       with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     except (OSError, ValueError):
+      if "checkpoints" in entries:  # a run's, torn by an older version: rewritten on resume
+        return None
       return "a directory whose config.json is not a training run's"
     if not isinstance(config, dict) or "model_type" in config or "architectures" in config:
       return "a Hugging Face model"

@@ -215,6 +215,8 @@ def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, t
   with open(largest_file(os.path.join(workdir, "checkpoints", str(STEPS), "state")), "r+b") as f:
     if damage == "truncate":
       f.truncate(100)
+      # and what a kill -9 during an older, non-atomic rewrite left: not an orphaned run
+      open(os.path.join(workdir, "config.json"), "w").close()
     else:
       f.seek(os.fstat(f.fileno()).st_size // 2)
       flipped = bytes(b ^ 0xFF for b in f.read(64))
@@ -230,6 +232,8 @@ def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, t
   assert f"checkpoint step {STEPS} in" in err and "is damaged" in err and what in err
   assert f"resuming from step {STEPS - 1}" in err and "dropped the torn last line" in err
   assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", str(STEPS)))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["d_model"] == 64
   losses = {r["step"]: r["loss"] for r in read_metrics(workdir) if "split" not in r}
   original = {r["step"]: r["loss"] for r in read_metrics(made["run"]) if "split" not in r}
   assert sorted(losses) == list(range(1, STEPS + 2))
