@@ -1,5 +1,6 @@
-"""Files a run rewrites are replaced whole: a reader, or a crash, sees the old
-content or the new, never a torn file.
+"""Small files written and read whole. Files a run rewrites are replaced whole: a
+reader, or a crash, sees the old content or the new, never a torn file; a JSON file
+that still does not parse is named in one line (`read_json_object`).
 
 `write_atomic` writes a sibling aside (`.NAME.PID.tmp`), fsyncs it and renames it
 over the target (or links it, for a file that must not exist yet: the workdir lock
@@ -10,9 +11,12 @@ atomically themselves and are written directly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 from etils import epath
+
+from a3_jax.errors import UserError
 
 ASIDE_SUFFIX = ".tmp"
 
@@ -59,3 +63,16 @@ def _fsync_directory(directory: str) -> None:
       os.fsync(fd)
     finally:
       os.close(fd)
+
+
+def read_json_object(path: str) -> dict:
+  """The JSON object in file `path`; anything else (torn, not UTF-8, not an object) is a
+  UserError naming the file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+    raise UserError(f"{path} is damaged or not JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} is damaged: not a JSON object")
+  return value

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax.linen import meta
 
+from a3_jax.atomic_file import read_json_object
 from a3_jax.config import ModelConfig
 from a3_jax.errors import UserError, is_disk_full
 
@@ -35,14 +36,7 @@ def run_flags(path: str) -> dict:
   candidate = os.path.join(path, RUN_FLAGS)
   if not os.path.isfile(candidate):
     return {}
-  try:
-    with open(candidate, encoding="utf-8") as f:
-      flags_of_run = json.load(f)
-  except (UnicodeDecodeError, ValueError) as e:
-    raise UserError(f"{candidate} is damaged (not valid JSON: {e})") from None
-  if not isinstance(flags_of_run, dict):
-    raise UserError(f"{candidate} is damaged (not a JSON object)")
-  return flags_of_run
+  return read_json_object(candidate)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import sentencepiece as spm
 import tokenizers
 from etils import epath
 
-from a3_jax.atomic_file import write_atomic
+from a3_jax.atomic_file import read_json_object, write_atomic
 from a3_jax.data.corpus import asset_path
 from a3_jax.errors import UserError
 
@@ -73,13 +73,7 @@ class JsonTokenizer:
     ids = dict(fallback_ids or {})
     sidecar = os.path.join(os.path.dirname(path), SIDECAR)
     if os.path.isfile(sidecar):
-      try:
-        with open(sidecar, encoding="utf-8") as f:
-          special = json.load(f)
-      except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{sidecar} is not valid JSON ({e})") from None
-      if not isinstance(special, dict):
-        raise UserError(f"{sidecar} is not a JSON object of special tokens")
+      special = read_json_object(sidecar)
       for role in _ROLES:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
