@@ -14,6 +14,7 @@ before the directory is renamed into place), so a committed step always has it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from etils import epath
 from orbax.checkpoint._src.path import atomicity
 
 from a3_jax.config import ModelConfig, architecture_diff
-from a3_jax.errors import UserError
+from a3_jax.errors import UserError, is_disk_full
 from a3_jax.rundir import check_remote
 
 
@@ -205,6 +206,20 @@ def set_aside(workdir: str, steps: list[int]) -> None:
           flush=True)
 
 
+@contextlib.contextmanager
+def _disk_full_is_user_error(manager: ocp.CheckpointManager):
+  """A full disk while a save is written (here or in orbax's thread, surfacing at the
+  next save or wait) is one line; the committed steps are intact (saves are atomic)."""
+  try:
+    yield
+  except Exception as e:
+    if not is_disk_full(e):
+      raise
+    raise UserError(f"{manager.directory}: no space left on device while saving a "
+                    f"checkpoint; the last complete one (step {manager.latest_step()}) is "
+                    "intact: free space and run again to resume") from None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, meta: dict,
          force: bool = False) -> bool:
   """Starts an async save of everything a resume needs; returns whether it saved."""
@@ -212,7 +227,17 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, meta: 
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator),
       meta=ocp.args.JsonSave(meta))
-  return manager.save(step, args=args, force=force)
+  with _disk_full_is_user_error(manager):
+    return manager.save(step, args=args, force=force)
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the pending save and closes the manager (a full disk: one line)."""
+  try:
+    with _disk_full_is_user_error(manager):
+      manager.wait_until_finished()
+  finally:
+    manager.close()
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict | None:
