@@ -27,7 +27,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity
 
 from a3_jax.config import ModelConfig, architecture_diff
 from a3_jax.errors import UserError, is_disk_full
