@@ -191,6 +191,67 @@ def test_an_unreadable_lock_is_not_taken_over(made, tmp_path, capsys):
           "the lock file", workdir)
 
 
+def test_resume_without_tokenizer_uses_the_runs_and_allow_change_restarts_the_data(
+    made, tmp_path, capsys):
+  """The run's saved tokenizer, not the default, when --tokenizer is not given again
+  (the checkpoint's fingerprint must match it); --allow_change=batch_size resumes with a
+  new batch size and the data stream afresh."""
+  from a3_jax.train.loop import initial
+  workdir = copy_of(made, "run", tmp_path)
+  os.remove(os.path.join(workdir, "tokenizer.model"))
+  saved = _word_tokenizer(workdir, 2048, sidecar='{"eos_token": "[EOS]"}')
+  assert initial(job(workdir), None)[1].path == saved
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          "--tokenizer: the checkpoint in", workdir)
+  workdir = copy_of(made, "run", tmp_path / "again")
+  run(job(workdir, steps=STEPS + 1, batch_size=16, allow_change="batch_size"))
+  err = capsys.readouterr().err
+  assert "--allow_change: batch_size 8 -> 16; the data stream starts afresh" in err
+  with open(os.path.join(workdir, "flags.json")) as f:
+    assert json.load(f)["batch_size"] == 16
+
+
+def test_a_bad_record_late_in_a_file_stops_the_run_naming_it(tmp_path, capsys):
+  """Found by the pipeline after checkpoints were written: one line naming file and
+  line, exit 2, and the last checkpoint intact (its checksums verify)."""
+  import grain
+  # 80 tokens a document: the first 256-row shuffle window (8192 tokens, 8 steps of 32
+  # rows) holds the first 103 documents read; the bad one, read last, is in the second.
+  lines = 122
+  last = int(grain.MapDataset.range(lines).shuffle(seed=0)[lines - 1])
+  data = tmp_path / "docs.jsonl"
+  with open(data, "w") as f:
+    for i in range(lines):
+      text = "To be, or not to be, that is the question. " * 6
+      f.write(json.dumps({"body" if i == last else "text": text}) + "\n")
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) as exit_info, user_errors("a3-train"):
+    run(job(workdir, steps=16, batch_size=32, save_every=4, data=f"text:{data}",
+            eval_data="shakespeare", curriculum="ar:16"))
+  lines_out = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert exit_info.value.code == 2
+  assert lines_out[-1].startswith("a3-train: error: ") and len(lines_out) == 1, lines_out
+  assert f"{data}, line {last + 1}: expected a JSON object" in lines_out[-1]
+  params, _, step = restore_params(str(workdir))
+  assert step == 8 and not (workdir / rundir.LOCK_NAME).exists()
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
+    made, tmp_path, capsys, monkeypatch):
+  """ENOSPC inside orbax's commit thread (where the checksums are written): exit 2, one
+  line, and a resume afterwards continues from the last complete step."""
+  from a3_jax import checkpoint
+  workdir = copy_of(made, "run", tmp_path)
+  def disk_full(step_dir):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(checkpoint, "write_checksums", disk_full)
+  line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+                 "no space left on device while saving a checkpoint")
+  assert f"(step {STEPS}) is intact" in line
+  monkeypatch.undo()
+  assert restore_params(workdir)[2] == STEPS
+
+
 def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, tmp_path, capsys):
   workdir = copy_of(made, "run", tmp_path)
   before = digest(workdir)
@@ -557,6 +618,7 @@ def _round2_probes(made, tmp_path):
   no_eos = _word_tokenizer(tmp_path / "no_eos", 300)
   bad_sidecar = _word_tokenizer(tmp_path / "bad_sidecar", 300, sidecar="{not json")
   big = _word_tokenizer(tmp_path / "big", 3000, sidecar='{"eos_token": "[EOS]"}')
+  other_2048 = _word_tokenizer(tmp_path / "other", 2048, sidecar='{"eos_token": "[EOS]"}')
   def no_head_dim(c, heads=0):
     c.pop("head_dim", None)
     c["num_attention_heads"] = heads
@@ -574,7 +636,32 @@ def _round2_probes(made, tmp_path):
   (tmp_path / "good.jsonl").write_text('{"text": "To be or not to be."}\n')
   no_text = tmp_path / "no_text.jsonl"
   no_text.write_text('\n{"body": "To be or not to be."}\n')
+  no_tokenizer = str(tmp_path / "export_without_tokenizer")
+  shutil.copytree(made["export"], no_tokenizer)
+  for name in glob.glob(os.path.join(no_tokenizer, "tokenizer*")):
+    os.remove(name)
   return [
+      (*train, [f"--workdir={workdir}", *tiny, "--lr=1e39"],
+       "--lr must be a finite number > 0 (in float32), got 1e+39"),
+      (*train, [f"--workdir={workdir}", *tiny, "--curriculum=mix:ar=nan,perm:4=1:4"],
+       "mixture item 'ar=nan'"),
+      (*train, [f"--workdir={workdir}", *tiny, "--seq_len=64", "--curriculum=block:1000:4"],
+       "--curriculum stage 'block:1000': groups of 1000 tokens cover a whole row"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", "--seq_len=64",
+                                        "--curriculum=block:1000:4"],
+       "--curriculum stage 'block:1000': groups of 1000 tokens cover a whole row"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--init_from={no_tokenizer}"],
+       f"--init_from={no_tokenizer} holds no tokenizer file: pass --tokenizer"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}", "--batch_size=16"],
+       "--batch_size: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}", "--seq_len=16"],
+       "--seq_len: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}",
+                f"--data=text:{tmp_path}/good.jsonl"], "--data: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}",
+                f"--tokenizer={other_2048}"], "--tokenizer: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, "--allow_change=tokenizer"],
+       "--allow_change=tokenizer: 'tokenizer' is not one of"),
       (*train, [f"--workdir={workdir}", *tiny, f"--data=text:{tmp_path}/*.jsonl"],
        f"{no_text}, line 2: expected a JSON object with a string 'text' field"),
       (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=nan"],
@@ -630,6 +717,17 @@ ROUND2_TABLE = {
     "3000-id tokenizer, 2048-id model": ("exit 0, prints nan (a3-eval); a3-convert accepts",
                                         "exit 2 in a3-eval, a3-generate, a3-convert"),
     "--curve_png=/no/such/dir/x.png": ("traceback after 30 s of work", "exit 2 before loading"),
+    "--lr=1e39": ("exit 0; lr NaN, checkpoint 1 all NaN", "exit 2, one line, nothing written"),
+    "--curriculum=mix:ar=nan,perm:4=1:4": ("traceback after the workdir was written",
+                                           "exit 2, one line, nothing written"),
+    "--seq_len=64 --curriculum=block:1000:4": ("exit 0, a unigram model (a3-train, a3-dry-run)",
+                                               "exit 2, one line"),
+    "--init_from=EXPORT without a tokenizer file": ("traceback", "exit 2, one line"),
+    "resume with another --batch_size / --seq_len / --data": (
+        "exit 0, no word, flags.json rewritten",
+        "exit 2 naming the flag and both values (--allow_change= to change on purpose)"),
+    "resume with another --tokenizer of the same size": (
+        "exit 0, trains on it", "exit 2 naming --tokenizer and both fingerprints"),
     "--data=text:*.jsonl, a file whose lines lack text": (
         "refused after config.json, flags.json, tokenizer, metrics, tensorboard/, checkpoints/",
         "refused before any write, naming file and line"),
