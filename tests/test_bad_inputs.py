@@ -344,7 +344,7 @@ def test_non_finite_steps_are_never_applied_nor_checkpointed(tmp_path, capsys):
   workdir = tmp_path / "run"
   huge = TrainConfig(lr=1e30, warmup_steps=1)  # params ~1e30 after one step: inf/NaN next
   line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=4, train=huge)),
-                 "non-finite loss or gradient norm")
+                 "non-finite loss, gradient norm or updated params")
   assert line.split("error: step ")[1].split(":")[0] == "3" and "--skip_nonfinite" in line
   assert restore_params(str(workdir))[2] == 2
   run(job(workdir, steps=4, train=huge, skip_nonfinite=True))  # resumes at 2, skips 3 and 4
@@ -642,7 +642,7 @@ def _round2_probes(made, tmp_path):
     os.remove(name)
   return [
       (*train, [f"--workdir={workdir}", *tiny, "--lr=1e39"],
-       "--lr must be a finite number > 0 (in float32), got 1e+39"),
+       "--lr must be a finite number > 0, got 1e+39 (infinite in float32)"),
       (*train, [f"--workdir={workdir}", *tiny, "--curriculum=mix:ar=nan,perm:4=1:4"],
        "mixture item 'ar=nan'"),
       (*train, [f"--workdir={workdir}", *tiny, "--seq_len=64", "--curriculum=block:1000:4"],

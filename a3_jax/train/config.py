@@ -42,10 +42,11 @@ def _check_fields(config) -> None:
       raise UserError(f"--{flag} must be one of {f.metadata['choices']}, got {value!r}")
     if bound is None:
       continue
-    # float32: what the optimizer computes in (1e39 is a finite Python float, inf there)
-    if isinstance(value, float) and not (math.isfinite(value) and finite_in(value, "float32")
-                                         and _BOUNDS[bound](value)):
-      raise UserError(f"--{flag} must be a finite number {bound} (in float32), got {value}")
+    if isinstance(value, float) and not (math.isfinite(value) and _BOUNDS[bound](value)):
+      raise UserError(f"--{flag} must be a finite number {bound}, got {value}")
+    if isinstance(value, float) and not finite_in(value, "float32"):  # what optax computes in
+      raise UserError(f"--{flag} must be a finite number {bound}, got {value} (infinite in "
+                      "float32)")
     if isinstance(value, int) and not _BOUNDS[bound](value):
       raise UserError(f"--{flag} must be {bound}, got {value}")
 

@@ -185,13 +185,14 @@ def _loop(r: _Run, state):
     nonlocal skipped
     if not job.skip_nonfinite:
       raise UserError(
-          f"step {step + 1}: non-finite loss or gradient norm (loss {float(metrics['loss']):.4g}"
-          f", grad norm {float(metrics['grad_norm']):.4g}); the update was not applied and "
+          f"step {step + 1}: non-finite loss, gradient norm or updated params (loss "
+          f"{float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g}); the "
+          "update was not applied and "
           f"the run stops (last checkpoint: step {last_saved or 'none'}); lower --lr, or "
           "pass --skip_nonfinite to skip such batches")
     skipped += 1
-    console.warn(f"step {step + 1}: non-finite loss or gradient norm, batch skipped "
-                 f"({skipped} so far)")
+    console.warn(f"step {step + 1}: non-finite loss, gradient norm or updated params, batch "
+                 f"skipped ({skipped} so far)")
 
   def flush():
     nonlocal pending, tick
