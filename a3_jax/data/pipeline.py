@@ -19,6 +19,11 @@ Training batches are an endless, shuffled, per-host stream whose iterator grain
 and orbax can checkpoint; evaluation batches are one deterministic pass with
 the last batch padded, so every batch has the same shape. A tokenizer is any
 object with `encode(text) -> list[int]` and an `eos_id`.
+
+A mixture (`mix:SRC=W,...`, data.spec) packs each source into rows of its own
+and interleaves the rows by weight (grain's `IterDataset.mix`, deterministic),
+so the weights are shares of tokens; the iterator counts the tokens each source
+gave (`MixtureIterator.realised_shares`) and keeps the count in its state.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ import grain
 import jax
 import numpy as np
 
+from a3_jax.data import streams
 from a3_jax.data.json_state import JsonStateIterator
+from a3_jax.data.mixture import SOURCE_FEATURE, MixtureIterator, tagged
 from a3_jax.data.sources import make_source
+from a3_jax.data.spec import Source, parse
 from a3_jax.tokenizer import Tokenizer
 from a3_jax.errors import UserError
 
@@ -56,7 +64,7 @@ def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
   return {"tokens": _encode_with_eos(tokenizer, text)}
 
 
-def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDataset:
+def _tokenized(documents: grain.MapDataset | grain.IterDataset, tokenizer: Tokenizer):
   if tokenizer.eos_id < 0:
     where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
     raise UserError(f"tokenizer {where} has no EOS token, which ends every document "
@@ -65,23 +73,36 @@ def _tokenized(documents: grain.MapDataset, tokenizer: Tokenizer) -> grain.MapDa
 
 
 def check_first_documents(source, tokenizer: Tokenizer) -> None:
-  """Reads and tokenizes the first document of every file of `source` (one of other
-  sources), so that a wrong format is refused before a run writes anything; a bad
-  record later on surfaces when the pipeline reaches it, naming its file and line."""
+  """Reads and tokenizes the first document of every file of a random-access `source`
+  (one of other sources), so that a wrong format is refused before a run writes
+  anything; a bad record later on surfaces when the pipeline reaches it, naming its
+  file and line."""
   first = getattr(source, "first_documents", lambda: [0] if len(source) else [])
   for index in first():
     _encode_with_eos(tokenizer, source[index])
 
 
-def _packed_rows(ids: grain.MapDataset, seq_len: int) -> grain.IterDataset:
+def _packed_rows(ids: grain.MapDataset | grain.IterDataset, seq_len: int) -> grain.IterDataset:
   """Rows {tokens, tokens_segment_ids, tokens_positions}, each [T]."""
-  return grain.experimental.ConcatThenSplitIterDataset(ids.to_iter_dataset(_READ_OPTIONS),
-                                                       length_struct={"tokens": seq_len})
+  if isinstance(ids, grain.MapDataset):
+    ids = ids.to_iter_dataset(_READ_OPTIONS)
+  return grain.experimental.ConcatThenSplitIterDataset(ids, length_struct={"tokens": seq_len})
+
+
+def _mixed_rows(rows: list[grain.IterDataset], weights: list[float]) -> grain.IterDataset:
+  """The rows of one source, or of several interleaved by weight, each tagged with its source."""
+  if len(rows) == 1:
+    return rows[0]
+  return grain.IterDataset.mix([r.map(functools.partial(tagged, i)) for i, r in enumerate(rows)],
+                               weights)
 
 
 def _batch_features(rows: Batch) -> Batch:
-  return {"tokens": rows["tokens"], "segment_ids": rows["tokens_segment_ids"],
-          "positions": rows["tokens_positions"]}
+  features = {"tokens": rows["tokens"], "segment_ids": rows["tokens_segment_ids"],
+              "positions": rows["tokens_positions"]}
+  if SOURCE_FEATURE in rows:  # a mixture's; MixtureIterator counts and drops it
+    features[SOURCE_FEATURE] = rows[SOURCE_FEATURE]
+  return features
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -110,20 +131,44 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   `a3_jax.cli.common.parse` does).
   """
   index, count = _shard(shard_index, shard_count)
-  source = make_source(source_spec, split=split, data_dir=data_dir)
-  documents = grain.MapDataset.source(source)
-  host_documents = documents[index::count]
-  if not len(host_documents):
-    raise UserError(f"source {source_spec!r} has {len(documents)} documents, too few for "
-                     f"{count} hosts to get at least one each")
-  ids = _tokenized(host_documents.shuffle(seed=seed).repeat(None), tokenizer)
-  check_first_documents(source, tokenizer)
-  rows = grain.experimental.WindowShuffleIterDataset(_packed_rows(ids, seq_len),
-                                                     window_size=shuffle_window, seed=seed)
+  mixture = parse(source_spec)
+  # Source i draws its orders from seed + i: a single source's stream is the same
+  # as before mixtures existed.
+  rows = [_packed_rows(_tokenized(_train_documents(source, seed + i, index, count, split,
+                                                   data_dir, tokenizer), tokenizer), seq_len)
+          for i, (source, _) in enumerate(mixture)]
+  rows = grain.experimental.WindowShuffleIterDataset(
+      _mixed_rows(rows, [w for _, w in mixture]), window_size=shuffle_window, seed=seed)
   batches = rows.batch(batch_size, drop_remainder=True).map(_batch_features)
   if worker_count:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return JsonStateIterator(iter(batches))
+  if len(mixture) == 1:
+    return JsonStateIterator(iter(batches))
+  return MixtureIterator(iter(batches), mixture)
+
+
+def _train_documents(source: Source, seed: int, index: int, count: int, split: str,
+                     data_dir: str | None, tokenizer: Tokenizer
+                     ) -> grain.MapDataset | grain.IterDataset:
+  """Host `index`'s endless documents of one source, each epoch in a new order (the
+  first document of each of its files read and tokenized here, before any write)."""
+  if source.streamed:
+    return streams.train_documents(source, seed, index, count)
+  documents = make_source(source.spec, split=split, data_dir=data_dir)
+  check_first_documents(documents, tokenizer)
+  documents = grain.MapDataset.source(documents)
+  host_documents = documents[index::count]
+  if not len(host_documents):
+    raise UserError(f"source {source.spec!r} has {len(documents)} documents, too few for "
+                     f"{count} hosts to get at least one each")
+  return host_documents.shuffle(seed=seed).repeat(None)
+
+
+def _ordered_documents(source: Source, split: str, data_dir: str | None):
+  """Every document of one source once, in order."""
+  if source.streamed:
+    return streams.ordered_documents(source)
+  return grain.MapDataset.source(make_source(source.spec, split=split, data_dir=data_dir))
 
 
 def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
@@ -135,14 +180,18 @@ def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, b
   Every host packs the whole source into global batches of
   batch_size * shard_count rows and keeps its own slice of rows, so all hosts
   return the same number of batches. The last global batch is padded with
-  all-zero rows (segment id 0).
+  all-zero rows (segment id 0). A mixture interleaves its sources' rows by weight
+  and ends with the first source that does.
   """
   index, count = _shard(shard_index, shard_count)
   global_batch_size = batch_size * count
-  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
-  rows = _packed_rows(_tokenized(documents, tokenizer), seq_len)
+  mixture = parse(source_spec)
+  rows = _mixed_rows([_packed_rows(_tokenized(_ordered_documents(source, split, data_dir),
+                                              tokenizer), seq_len) for source, _ in mixture],
+                     [w for _, w in mixture])
   pad_last_batch = functools.partial(grain.experimental.batch_and_pad, batch_size=global_batch_size)
   batches = rows.batch(global_batch_size, batch_fn=pad_last_batch)
   host_rows = slice(index * batch_size, (index + 1) * batch_size)
-  return [_batch_features({name: array[host_rows] for name, array in batch.items()})
+  return [_batch_features({name: array[host_rows] for name, array in batch.items()
+                           if name != SOURCE_FEATURE})
           for batch in itertools.islice(batches, max_batches)]
