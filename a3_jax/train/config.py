@@ -15,12 +15,11 @@ import math
 import jax
 from absl import flags
 
-from a3_jax.config import ModelConfig, get_preset, resolve
 from a3_jax.checkpoint import CHANGEABLE
-from a3_jax.config import finite_in
+from a3_jax.config import ModelConfig, finite_in, get_preset, resolve
 from a3_jax.convert.loader import read_config
 from a3_jax.errors import UserError
-from a3_jax.grouping import parse_curriculum, check_group_sizes
+from a3_jax.grouping import check_group_sizes, parse_curriculum
 from a3_jax.tokenizer import load_tokenizer
 
 OBJECTIVES = ("a3", "ar", "mdm")

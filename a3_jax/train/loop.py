@@ -15,9 +15,9 @@ import jax
 from etils import epath
 
 from a3_jax import checkpoint as ckpt
-from a3_jax.atomic_file import write_atomic
 from a3_jax import rundir
 from a3_jax import sharding as shd
+from a3_jax.atomic_file import write_atomic
 from a3_jax.config import ModelConfig
 from a3_jax.convert.loader import load_pretrained
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
@@ -26,8 +26,8 @@ from a3_jax.export import RUN_FLAGS, tokenizer_file
 from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum
 from a3_jax.metrics import MetricsWriter, read_metrics
-from a3_jax.tokenizer import load_tokenizer, save_tokenizer, token_char_lengths
-from a3_jax.tokenizer import check_fits, fingerprint
+from a3_jax.tokenizer import (check_fits, fingerprint, load_tokenizer, save_tokenizer,
+                               token_char_lengths)
 from a3_jax.train import console
 from a3_jax.train.config import Job, TrainConfig, model_config_for, validate_mesh, validate_plan
 from a3_jax.train.resume import resume
