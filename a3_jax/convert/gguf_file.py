@@ -18,7 +18,6 @@ pre-tokenizer rules) and kept as a `tokenizers` tokenizer.json.
 from __future__ import annotations
 
 import contextlib
-
 import os
 from typing import Any
 

@@ -71,7 +71,8 @@ def _number(d: Mapping[str, Any], key: str, kind: type, default: Any = None):
   integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
   if isinstance(value, bool) or not isinstance(value, (int, float)) or (
       kind is int and not integral):
-    raise UserError(f"model config: {key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+    expected = "an integer" if kind is int else "a number"
+    raise UserError(f"model config: {key}={value!r} is not {expected}")
   return kind(value)
 
 
