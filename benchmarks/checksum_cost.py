@@ -56,9 +56,10 @@ def _measure(name: str, config: ModelConfig, mesh) -> dict:
     hash_s = _timed(lambda: ckpt.write_checksums(step_dir))  # what the commit added
     size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(step_dir) for n in ns)
     restore = ckpt.ocp.args.Composite(state=ckpt.ocp.args.StandardRestore(target))
+    load = lambda: jax.block_until_ready(manager.restore(1, args=restore)["state"])
     restores, verifies = [], []
     for _ in range(_ITERS.value):
-      restores.append(_timed(lambda: jax.block_until_ready(manager.restore(1, args=restore)["state"])))
+      restores.append(_timed(load))
       verifies.append(_timed(lambda: ckpt.verify_checksums(step_dir)))
     manager.close()
   r, v = statistics.median(restores), statistics.median(verifies)
