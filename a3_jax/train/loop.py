@@ -52,8 +52,6 @@ def initial(job: Job, mesh):
     params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
-    if tokenizer is None:
-      raise UserError(f"--init_from={job.init_from} holds no tokenizer file: pass --tokenizer")
     return model_config, tokenizer, params
   # A resume without --tokenizer trains on the tokenizer the run saved, not the default.
   tokenizer = load_tokenizer(saved_tokenizer if resuming else job.tokenizer)
@@ -72,6 +70,8 @@ def run(job: Job) -> dict:
   mesh = shd.make_mesh(job.mesh)
   tc = job.train_config
   model_config, tokenizer, pretrained = initial(job, mesh)
+  if tokenizer is None:  # an export saved without one
+    raise UserError(f"--init_from={job.init_from} holds no tokenizer file: pass --tokenizer")
   validate_plan(job, model_config, curriculum)
   validate_mesh(job, mesh)
   check_fits(tokenizer, model_config.vocab_size, "the model")
