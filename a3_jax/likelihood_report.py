@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from a3_jax import evaluate
+from a3_jax import evaluate, rundir
 from a3_jax.data.text_file import encode_texts
 from a3_jax.errors import UserError
 from a3_jax.export import is_export, run_flags
@@ -30,12 +30,10 @@ def curve_path(checkpoint: str, path: str | None = None) -> str:
   else beside the model it describes (an export's parallelism_curve.png), else (an
   'hf:'/'gguf:' checkpoint) parallelism_curve.png in the current directory."""
   if path is None:
-    return os.path.join(checkpoint if is_export(checkpoint) else ".", "parallelism_curve.png")
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise UserError(f"--curve_png={path}: folder {folder} does not exist")
-  if not path.lower().endswith(".png"):
+    path = os.path.join(checkpoint if is_export(checkpoint) else ".", "parallelism_curve.png")
+  elif not path.lower().endswith(".png"):
     raise UserError(f"--curve_png={path} must name a .png file")
+  rundir.check_out_file(path, "--curve_png")  # before any work toward it
   return path
 
 
