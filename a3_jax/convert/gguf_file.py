@@ -138,7 +138,8 @@ class GGUFFile:
            for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
                              ("pad", "padding_token_id"))}
     ids = {role: None if f is None else int(f.contents()) for role, f in ids.items()}
-    return JsonTokenizer(tok.backend_tokenizer, ids["bos"], ids["eos"], ids["pad"])
+    return JsonTokenizer(tok.backend_tokenizer, ids["bos"], ids["eos"], ids["pad"],
+                         chat_template=self._meta.get("tokenizer.chat_template"))
 
 
 def _factors(scaling: RopeScaling, theta: float, head_dim: int) -> np.ndarray:

@@ -7,6 +7,8 @@ T: seq_len):
     segment_ids  1, 2, ... for the documents (or pieces of one) in a row; 0 marks
                  padding, which only ever trails a row
     positions    position within the segment, restarting at 0 for every segment
+    roles        fine-tuning data only (`sft:GLOB`, a3_jax/data/sft.py): prompt,
+                 response or padding (a3_jax/roles.py); its rows hold whole examples
 
 Rows are filled by grain's ConcatThenSplit packer: documents follow each other
 and the one that does not fit is cut, its rest starting the next row. A piece
@@ -30,6 +32,7 @@ import grain
 import jax
 import numpy as np
 
+from a3_jax.data import sft
 from a3_jax.data.json_state import JsonStateIterator
 from a3_jax.data.sources import make_source
 from a3_jax.tokenizer import Tokenizer
@@ -68,9 +71,29 @@ def _packed_rows(ids: grain.MapDataset, seq_len: int) -> grain.IterDataset:
                                                        length_struct={"tokens": seq_len})
 
 
+def _source(spec: str, split: str, data_dir: str | None):
+  """Documents (a3_jax/data/sources.py) or fine-tuning examples (`sft:GLOB`)."""
+  if spec.startswith(sft.SCHEME):
+    return sft.example_source(spec)
+  return make_source(spec, split=split, data_dir=data_dir)
+
+
+def _rows(documents: grain.MapDataset, examples: bool, tokenizer: Tokenizer, seq_len: int,
+          overlong: str, bins: int, seed: int) -> grain.IterDataset:
+  """Packed rows of documents (concatenated, then split) or of fine-tuning examples
+  (whole, first fit into `bins` rows at a time)."""
+  if examples:
+    return sft.packed_examples(documents, tokenizer, seq_len=seq_len, overlong=overlong,
+                               bins=bins, read_options=_READ_OPTIONS, seed=seed)
+  return _packed_rows(_tokenized(documents, tokenizer), seq_len)
+
+
 def _batch_features(rows: Batch) -> Batch:
-  return {"tokens": rows["tokens"], "segment_ids": rows["tokens_segment_ids"],
-          "positions": rows["tokens_positions"]}
+  features = {"tokens": rows["tokens"], "segment_ids": rows["tokens_segment_ids"],
+              "positions": rows["tokens_positions"]}
+  if "roles" in rows:
+    features["roles"] = rows["roles"]
+  return features
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -85,7 +108,8 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
                         seed: int, split: str = "train", data_dir: str | None = None,
                         shard_index: int | None = None, shard_count: int | None = None,
-                        shuffle_window: int = 256, worker_count: int = 0) -> grain.DatasetIterator:
+                        shuffle_window: int = 256, worker_count: int = 0,
+                        overlong: str = "refuse") -> grain.DatasetIterator:
   """An endless iterator of training batches, each [batch_size, seq_len] per feature.
 
   Hosts read disjoint documents (`documents[shard_index::shard_count]`), each
@@ -96,17 +120,21 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   `grain.checkpoint.CheckpointSave(iterator)` and restore it with
   `grain.checkpoint.CheckpointRestore(iterator)`. `worker_count > 0` tokenizes
   in that many processes (absl's global flags must be parsed first, as
-  `a3_jax.cli.common.parse` does).
+  `a3_jax.cli.common.parse` does). `overlong`: what an `sft:` example longer
+  than a row does (a3_jax/data/sft.py).
   """
   index, count = _shard(shard_index, shard_count)
-  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
+  source = _source(source_spec, split, data_dir)
+  documents = grain.MapDataset.source(source)
   host_documents = documents[index::count]
   if not len(host_documents):
     raise UserError(f"source {source_spec!r} has {len(documents)} documents, too few for "
                      f"{count} hosts to get at least one each")
-  ids = _tokenized(host_documents.shuffle(seed=seed).repeat(None), tokenizer)
-  rows = grain.experimental.WindowShuffleIterDataset(_packed_rows(ids, seq_len),
-                                                     window_size=shuffle_window, seed=seed)
+  packed = _rows(host_documents.shuffle(seed=seed).repeat(None),
+                 isinstance(source, sft.ExampleSource), tokenizer, seq_len, overlong,
+                 bins=batch_size, seed=seed)
+  rows = grain.experimental.WindowShuffleIterDataset(packed, window_size=shuffle_window,
+                                                     seed=seed)
   batches = rows.batch(batch_size, drop_remainder=True).map(_batch_features)
   if worker_count:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -116,7 +144,7 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
 def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
                       split: str = "validation", data_dir: str | None = None,
                       max_batches: int | None = None, shard_index: int | None = None,
-                      shard_count: int | None = None) -> list[Batch]:
+                      shard_count: int | None = None, overlong: str = "refuse") -> list[Batch]:
   """One pass over the source in order: batches [batch_size, seq_len] per feature.
 
   Every host packs the whole source into global batches of
@@ -126,8 +154,9 @@ def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, b
   """
   index, count = _shard(shard_index, shard_count)
   global_batch_size = batch_size * count
-  documents = grain.MapDataset.source(make_source(source_spec, split=split, data_dir=data_dir))
-  rows = _packed_rows(_tokenized(documents, tokenizer), seq_len)
+  source = _source(source_spec, split, data_dir)
+  rows = _rows(grain.MapDataset.source(source), isinstance(source, sft.ExampleSource),
+               tokenizer, seq_len, overlong, bins=global_batch_size, seed=0)
   pad_last_batch = functools.partial(grain.experimental.batch_and_pad, batch_size=global_batch_size)
   batches = rows.batch(global_batch_size, batch_fn=pad_last_batch)
   host_rows = slice(index * batch_size, (index + 1) * batch_size)
