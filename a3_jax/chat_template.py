@@ -85,6 +85,12 @@ def special_tokens_of(tokenizer) -> dict[str, str]:
   return out
 
 
+def user_prompt(tokenizer, message: str, where: str) -> str:
+  """The text a chat model answers `message` after: one user turn and the assistant header."""
+  return render(template_of(tokenizer, where), [{"role": "user", "content": message}],
+                add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer))
+
+
 def prompt_and_response(tokenizer, messages: list[dict[str, str]], where: str) -> tuple[str, str]:
   """(prompt text, response text) of a conversation that ends with an assistant turn: the
   prompt is every earlier turn plus the assistant header (add_generation_prompt), the

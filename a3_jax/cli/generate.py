@@ -4,6 +4,8 @@
   a3-generate --checkpoint=exports/default --prompt='ROMEO:' --max_new_tokens=64 \\
       --decoder=dynamic --criterion=entropy --block_size=16 --num_samples=3
   a3-generate --checkpoint=exports/default --prompt='<blank:8> the king.' --show_order
+  a3-generate --checkpoint=gguf:SmolLM2-135M-Instruct.Q4_1.gguf --chat \
+      --prompt='What is the capital of France?' --max_new_tokens=32 --temperature=0
 
 `<blank:N>` stands for N tokens to generate, anywhere in the prompt;
 --max_new_tokens appends that many more (a prompt without blanks stops at EOS). Known
@@ -18,6 +20,8 @@ length is scored by log p(text after | text before, length) in one pass, plus
 text and exact log-probability (of the generated tokens under the grouping
 they were generated in); --show_order adds the step each token was committed
 in; --json prints one JSON object per sample instead.
+--chat: --prompt is one user message, rendered with the tokenizer's chat template
+(and the assistant header) before decoding; the answer stops at EOS.
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE.
 """
 
@@ -29,6 +33,7 @@ import sys
 import jax
 from absl import flags
 
+from a3_jax import chat_template
 from a3_jax.cli import common as cli
 from a3_jax.decoding import CRITERIA, ORDERS, blank_length
 from a3_jax.convert.loader import load_model
@@ -44,6 +49,8 @@ flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_
 flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
                     flag_values=F)
 flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate", flag_values=F)
+flags.DEFINE_bool("chat", False, "--prompt is a user message: apply the tokenizer's chat "
+                  "template (a3_jax/chat_template.py)", flag_values=F)
 flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt", flag_values=F)
 flags.DEFINE_enum("decoder", "group", DECODERS, "group (Algorithm 1) | dynamic (Algorithm 2) "
                   "| speculative (one token at a time, --draft_size drafted per call)",
@@ -81,6 +88,9 @@ def _check_flags() -> None:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
     raise UserError("--prompt is required (use <blank:N> for N tokens to generate)")
+  if F.chat and not F.max_new_tokens:
+    raise UserError("--chat answers the message: set --max_new_tokens (the most tokens the "
+                    "answer may take)")
   if F.group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {F.group_size}")
   for name in ("commit_per_step", "num_samples", "draft_size"):
@@ -102,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
+    prompt = chat_template.user_prompt(tokenizer, F.prompt, "--chat") if F.chat else F.prompt
+    template = parse_length_template(prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
     choice = None
     if template is None:
-      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
+      tokens_T, known_T = parse_prompt(prompt, tokenizer, F.max_new_tokens,
                                        config.max_seq_len)
     else:
       choice = blank_length.choose_length(params, config, template, F.length_prior)
