@@ -5,8 +5,9 @@ A template is the Jinja source a tokenizer ships (HF `tokenizer_config.json`
 is rendered the way transformers' `apply_chat_template` renders it: a sandboxed
 environment with `trim_blocks`/`lstrip_blocks` and loop controls, the
 `raise_exception` and `strftime_now` globals, a `tojson` that does not escape
-HTML, and the variables `messages`, `add_generation_prompt` and the special
-tokens (`bos_token`, `eos_token`, `pad_token`).
+HTML, and the variables `messages`, `add_generation_prompt`, `tools` and
+`documents` (None: no tool calling here) and the special tokens (`bos_token`,
+`eos_token`, `pad_token`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def render(template: str, messages: list[dict[str, str]], *, add_generation_prom
   """The text of `messages` under `template`; add_generation_prompt ends it with the
   header of an assistant turn. special_tokens: {'bos_token': '<s>', ...}."""
   try:
-    return _compiled(template).render(messages=messages,
+    return _compiled(template).render(messages=messages, tools=None, documents=None,
                                       add_generation_prompt=add_generation_prompt,
                                       **(special_tokens or {}))
   except jinja2.exceptions.TemplateError as e:
