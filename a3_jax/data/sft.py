@@ -20,7 +20,6 @@ response goes; an example whose prompt fills the row is still refused).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import grain
@@ -72,12 +71,7 @@ class ExampleSource(Sequence[tuple[str, dict]]):
 
 def parse_record(line: bytes | str, where: str) -> dict:
   """One example's JSON object: {'prompt', 'response'} strings or {'messages'}."""
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise UserError(f"{where}: not JSON ({e})") from None
-  except UnicodeDecodeError as e:
-    raise UserError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+  record = sources.json_value(line, where)
   if isinstance(record, dict) and "messages" in record:
     return {"messages": chat_template.check_messages(record["messages"], where)}
   if not (isinstance(record, dict) and isinstance(record.get("prompt"), str)
