@@ -31,18 +31,25 @@ def example(words: list[str]) -> dict:
           "response": " ".join(reversed(words))}
 
 
-def main(argv):
-  del argv
-  rng = random.Random(_SEED.value)
+def write(out: str, train: int = 4000, test: int = 200, seed: int = 0) -> dict:
+  """Writes OUT/train.jsonl and OUT/test.jsonl; returns their paths."""
+  rng = random.Random(seed)
   triples: dict[tuple[str, ...], None] = {}
-  while len(triples) < _TRAIN.value + _TEST.value:
+  while len(triples) < train + test:
     triples.setdefault(tuple(rng.sample(WORDS, 3)))
   triples = list(triples)
-  os.makedirs(_OUT.value, exist_ok=True)
-  for name, part in (("train", triples[:_TRAIN.value]), ("test", triples[_TRAIN.value:])):
-    with open(os.path.join(_OUT.value, f"{name}.jsonl"), "w") as f:
+  os.makedirs(out, exist_ok=True)
+  paths = {}
+  for name, part in (("train", triples[:train]), ("test", triples[train:])):
+    paths[name] = os.path.join(out, f"{name}.jsonl")
+    with open(paths[name], "w") as f:
       f.writelines(json.dumps(example(list(t))) + "\n" for t in part)
-  print(json.dumps({"out": _OUT.value, "train": _TRAIN.value, "test": _TEST.value}))
+  return paths
+
+
+def main(argv):
+  del argv
+  print(json.dumps(write(_OUT.value, _TRAIN.value, _TEST.value, _SEED.value)))
 
 
 if __name__ == "__main__":
