@@ -20,6 +20,7 @@ response goes; an example whose prompt fills the row is still refused).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import grain
@@ -120,7 +121,7 @@ def packed_examples(records: grain.MapDataset, tokenizer, *, seq_len: int, overl
   """Rows {tokens, roles, tokens_segment_ids, tokens_positions} [T] of whole examples,
   first-fit packed into `bins` rows at a time."""
   check_overlong(overlong)
-  encode = lambda item: encode_example(tokenizer, seq_len, overlong, item)
+  encode = functools.partial(encode_example, tokenizer, seq_len, overlong)  # picklable
   examples = records.map(encode).to_iter_dataset(read_options)
   return grain.experimental.FirstFitPackIterDataset(
       examples, length_struct={"tokens": seq_len, "roles": seq_len}, num_packing_bins=bins,
