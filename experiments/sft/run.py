@@ -39,7 +39,7 @@ from a3_jax.cli import generate as generate_cli  # noqa: E402
 from a3_jax.cli import train as train_cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sft", "where data, runs and exports go")
-_STEPS = flags.DEFINE_integer("steps", 200, "SFT steps of each variant")
+_STEPS = flags.DEFINE_integer("steps", 400, "SFT steps of each variant")
 
 BASE = ["--preset=tiny", "--steps=60", "--curriculum=causal:40,ar:20", "--seq_len=128",
         "--batch_size=8", "--warmup_steps=10", "--eval_every=60", "--eval_batches=2"]
