@@ -150,16 +150,16 @@ class Curriculum:
     """Index of the stage that `step` (int or traced) falls into."""
     return jnp.searchsorted(jnp.asarray(self.boundaries, jnp.int32), step, side="right")
 
+  def stage(self, step: int) -> Strategy:
+    """The strategy of the stage that (host) `step` falls into."""
+    return self.stages[int(np.searchsorted(self.boundaries, step, side="right"))][0]
+
   def stage_name(self, step: int) -> str:
-    return self.stages[int(np.searchsorted(self.boundaries, step, side="right"))][0].name
+    return self.stage(step).name
 
   @property
   def has_causal(self) -> bool:
     return any(s.kind == "causal" for s, _ in self.stages)
-
-  def is_causal(self, stage_index):
-    """bool (traced like stage_index): the stage trains the causal content stream."""
-    return jnp.asarray([s.kind == "causal" for s, _ in self.stages])[stage_index]
 
 
 def parse_curriculum(spec: str) -> Curriculum:

@@ -27,14 +27,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
+from batches import one_document_rows
 
 from a3_jax import sharding as shd
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_curriculum
-from a3_jax.train_step import TrainConfig, init_state, make_train_step, state_shardings
+from a3_jax.train.config import TrainConfig
+from a3_jax.train.state import init_state, state_shardings
+from a3_jax.train.step import make_train_step
 
 _PRESET = flags.DEFINE_string("preset", "small", "model preset")
 _MODEL = flags.DEFINE_multi_string("model", [], "preset override NAME=INT|true|false, e.g. "
@@ -158,10 +160,7 @@ def main(_):
   flop_cfg = cfg.replace(scan_layers=False)
   mesh = shd.make_mesh("data:-1")
   b, t = _BATCH.value, _SEQ.value
-  rng = np.random.default_rng(0)
-  host = {"tokens": rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32),
-          "segment_ids": np.ones((b, t), np.int32),
-          "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1))}
+  host = one_document_rows(cfg.vocab_size, b, t)
   with jax.set_mesh(mesh):
     batch = shd.shard_batch(host, mesh)
     runs = {name: _setup(cfg, name, batch, mesh) for name in ("a3", "ar")}

@@ -25,7 +25,8 @@ def spec_table(preset: str, mesh_spec: str) -> dict[str, str]:
   """{parameter path: str(PartitionSpec)} of a preset's params on a mesh (8 devices)."""
   from a3_jax import sharding as shd
   from a3_jax.config import get_preset
-  from a3_jax.train_step import TrainConfig, state_shardings
+  from a3_jax.train.config import TrainConfig
+  from a3_jax.train.state import state_shardings
   shardings = state_shardings(get_preset(preset), TrainConfig(), shd.make_mesh(mesh_spec)).params
   flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
   return {jax.tree_util.keystr(path): str(s.spec) for path, s in flat}

@@ -42,8 +42,9 @@ from a3_jax.decoding.prompt import parse_prompt
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.metrics import read_metrics
 from a3_jax.tokenizer import load_tokenizer
-from a3_jax.train_step import TrainConfig
-from a3_jax.trainer import Job, _Preemption, run
+from a3_jax.train.config import Job, TrainConfig
+from a3_jax.train.loop import run
+from a3_jax.train.signals import Preemption
 
 STEPS = 2
 JOB = Job(workdir="", preset="tiny", steps=STEPS, batch_size=8, seq_len=32, eval_batches=1,
@@ -273,7 +274,7 @@ def test_non_finite_steps_are_never_applied_nor_checkpointed(tmp_path, capsys):
 
 def test_sigint_requests_a_save_like_sigterm():
   before = signal.getsignal(signal.SIGINT)  # SIG_IGN where a shell started us in the background
-  preemption = _Preemption()
+  preemption = Preemption()
   try:
     assert signal.getsignal(signal.SIGINT) is not before
     os.kill(os.getpid(), signal.SIGINT)

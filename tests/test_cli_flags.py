@@ -30,3 +30,22 @@ def test_help_lists_the_tools_own_flags_and_bad_flags_exit_2(tool, capsys):
   err = capsys.readouterr().err
   assert err.startswith(f"a3-{tool.replace('_', '-')}: error:") and "no_such_flag" in err
   assert err.count("\n") == 1
+
+
+def test_train_flags_are_the_job_fields_with_the_job_defaults():
+  """a3-train's flags are generated from Job and TrainConfig: one set of defaults."""
+  from absl import flags
+
+  from a3_jax.train import config
+  fv = flags.FlagValues()
+  config.define_flags(fv)
+  fv(["a3-train"])
+  assert config.job_from_flags(fv) == config.Job()
+  assert config.Job().train.lr == 2e-3 and config.Job().train.warmup_steps == 50
+  fv = flags.FlagValues()
+  config.define_flags(fv)
+  fv(["a3-train", "--steps=3", "--lr=0.5", "--model=remat=full", "--noskip_nonfinite",
+      "--objective=ar", "--eval_data=text:x"])
+  job = config.job_from_flags(fv)
+  assert (job.steps, job.train.lr, job.train.objective, job.eval_data) == (3, 0.5, "ar", "text:x")
+  assert job.model_overrides == (("remat", "full"),) and job.train_config.total_steps == 3

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from a3_jax import distributed as dist
-from a3_jax import trainer
+from a3_jax.train import config, loop
 from a3_jax.checkpoint import restore_params
 from a3_jax.data import pipeline
 from a3_jax.metrics import read_metrics
@@ -146,10 +146,10 @@ def _one_process_run(workdir, monkeypatch):
     return _Hosts(pipeline.make_train_iterator(spec, tokenizer, batch_size=batch_size // 2,
                                                shard_index=i, shard_count=2, **kw)
                   for i in range(2))
-  monkeypatch.setattr(trainer, "make_train_iterator", both_shards)
-  train = dataclasses.replace(trainer.Job().train, warmup_steps=WARMUP,
+  monkeypatch.setattr(loop, "make_train_iterator", both_shards)
+  train = dataclasses.replace(config.Job().train, warmup_steps=WARMUP,
                               total_steps=JOB["steps"])  # a3-train's flag defaults
-  trainer.run(trainer.Job(workdir=str(workdir), **JOB, train=train))
+  loop.run(config.Job(workdir=str(workdir), **JOB, train=train))
 
 
 def _by_split(workdir):
@@ -186,7 +186,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
   # Adam divides each gradient by its own running RMS, so a ~1e-7 relative difference in
   # the cross-process sum of a near-zero gradient can move that parameter by up to
   # ~1e-4 * lr; atol = 1e-3 * lr (lr 1e-3 here) bounds that, far below a wrong shard's effect.
-  atol = 1e-3 * trainer.Job().train.lr
+  atol = 1e-3 * config.Job().train.lr
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                        rtol=RTOL, atol=atol), params2, params1)
 

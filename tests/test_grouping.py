@@ -105,7 +105,7 @@ def test_a_causal_stage_is_a_curriculum_stage_only():
   cur = parse_curriculum("causal:3,perm:4:2")
   assert [(s.name, n) for s, n in cur.stages] == [("causal", 3), ("perm:4", 2)]
   assert cur.has_causal and not parse_curriculum("ar:3").has_causal
-  assert [bool(cur.is_causal(cur.stage_index(s))) for s in range(5)] == [True] * 3 + [False] * 2
+  assert [cur.stage(s).kind == "causal" for s in range(5)] == [True] * 3 + [False] * 2
   for spec in ("causal", "mix:causal=1,ar=1"):  # not a grouping: nothing to score
     with pytest.raises(ValueError, match="unknown grouping strategy"):
       parse_strategy(spec)

@@ -9,7 +9,7 @@ from flax.linen import meta
 from a3_jax import mdm
 from a3_jax.config import get_preset
 from a3_jax.model import A3LM, init_params
-from a3_jax.train_step import TrainConfig
+from a3_jax.train.config import TrainConfig
 
 CFG = get_preset("tiny", init_std=0.5)
 

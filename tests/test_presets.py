@@ -11,7 +11,8 @@ import pytest
 
 from a3_jax import sharding as shd
 from a3_jax.config import PRESETS, ModelConfig
-from a3_jax.train_step import TrainConfig, state_shardings
+from a3_jax.train.config import TrainConfig
+from a3_jax.train.state import state_shardings
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAG_FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.flags"), recursive=True))

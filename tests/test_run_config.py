@@ -8,7 +8,7 @@ import os
 import jax
 import pytest
 
-from a3_jax import trainer
+from a3_jax.train import config as train_config, loop
 from a3_jax.config import PRESETS, resolve
 from a3_jax.errors import UserError
 
@@ -45,11 +45,11 @@ def test_init_from_with_runtime_overrides_trains_with_them(tmp_path, monkeypatch
   monkeypatch.setattr(model, "_remat", lambda cls, p: policies.append(p) or real_remat(cls, p))
   monkeypatch.setattr(chunked, "chunked_attention",
                       lambda *a, **k: chunked_calls.append(1) or real_chunked(*a, **k))
-  job = trainer.Job(workdir=str(tmp_path / "run"), steps=1, batch_size=8, seq_len=16,
+  job = train_config.Job(workdir=str(tmp_path / "run"), steps=1, batch_size=8, seq_len=16,
                     curriculum="ar:1", data=f"text:{tmp_path}/docs.txt", eval_batches=1,
                     init_from=export_dir, mesh="data:-1",
                     model_overrides=(("remat", "full"), ("attention", "chunked")))
-  trainer.run(job)
+  loop.run(job)
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert (saved["remat"], saved["attention"], saved["d_model"]) == ("full", "chunked", 64)
   # (reading the export builds its own config's abstract params first)
@@ -57,17 +57,16 @@ def test_init_from_with_runtime_overrides_trains_with_them(tmp_path, monkeypatch
   assert chunked_calls  # the step's attention took the chunked path
 
   # a resume may change runtime settings and still refuses another architecture
-  trainer.run(dataclasses.replace(job, steps=2, model_overrides=(("remat", "dots"),)))
+  loop.run(dataclasses.replace(job, steps=2, model_overrides=(("remat", "dots"),)))
   with pytest.raises(UserError, match="num_layers"):
-    trainer.run(dataclasses.replace(job, steps=3, model_overrides=(("num_layers", "3"),)))
+    loop.run(dataclasses.replace(job, steps=3, model_overrides=(("num_layers", "3"),)))
 
 
 def _job_of(path, monkeypatch):
   from a3_jax.cli import common, dry_run
-  from a3_jax.cli.train import job_from_flags
   monkeypatch.chdir(ROOT)  # the flag files name each other relative to the repo
   common.parse(dry_run.F, [f"--flagfile={path}"], "a3-dry-run", None)
-  return job_from_flags(dry_run.F)
+  return train_config.job_from_flags(dry_run.F)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=os.path.basename)
@@ -76,11 +75,11 @@ def test_dry_run_reports_the_config_a3_train_builds(path, tmp_path, monkeypatch)
   job = dataclasses.replace(_job_of(path, monkeypatch), workdir=str(tmp_path))
   stand_in, note = dry_run.init_config(job)
   assert note and stand_in == PRESETS[job.preset]  # the cluster path is not here
-  planned = trainer.planned_config(job, stand_in)
+  planned = train_config.planned_config(job, stand_in)
   # a3-train's own path, with the checkpoint's config and no weights
-  monkeypatch.setattr(trainer, "read_config", lambda spec: stand_in)
-  monkeypatch.setattr(trainer, "load_pretrained", lambda spec, mesh: (None, stand_in, None))
-  built = trainer._initial(job, None)[0]
+  monkeypatch.setattr(train_config, "read_config", lambda spec: stand_in)
+  monkeypatch.setattr(loop, "load_pretrained", lambda spec, mesh: (None, stand_in, None))
+  built = loop.initial(job, None)[0]
   assert built == planned
   assert (built.dtype, built.remat) == ("bfloat16", "full")  # the flag files' --model lines
   assert built.vocab_size == stand_in.vocab_size

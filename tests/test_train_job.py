@@ -124,17 +124,17 @@ def test_checkpoint_of_another_config_is_refused_untouched(tmp_path):
 def test_resuming_an_init_from_run_does_not_read_the_pretrained_weights(tmp_path, monkeypatch):
   from test_hf_parity import make_hf_llama
 
-  from a3_jax import trainer
+  from a3_jax.train import config, loop
   hf_dir = tmp_path / "hf"
   make_hf_llama(hf_dir)
   (tmp_path / "docs.txt").write_text(" ".join(f"w{i % 97}" for i in range(400)))
-  job = trainer.Job(workdir=str(tmp_path / "run"), steps=2, batch_size=4, seq_len=16,
+  job = config.Job(workdir=str(tmp_path / "run"), steps=2, batch_size=4, seq_len=16,
                     curriculum="ar:2", data=f"text:{tmp_path}/docs.txt", eval_batches=1,
                     save_every=2, init_from=f"hf:{hf_dir}", mesh="data:2,fsdp:2,tensor:2")
-  trainer.run(job)
+  loop.run(job)
 
   def no_weights(*args, **kwargs):
     raise AssertionError("a resumed run must restore its own checkpoint, not --init_from")
-  monkeypatch.setattr(trainer, "load_pretrained", no_weights)
-  trainer.run(dataclasses.replace(job, steps=4))
+  monkeypatch.setattr(loop, "load_pretrained", no_weights)
+  loop.run(dataclasses.replace(job, steps=4))
   assert sorted(_train_losses(job.workdir)) == [1, 2, 3, 4]

@@ -13,9 +13,9 @@ from a3_jax import sharding as shd
 from a3_jax.config import get_preset
 from a3_jax.grouping import parse_curriculum, parse_strategy, sample_groups
 from a3_jax.model import A3LM, init_params
-from a3_jax.train_step import (TrainConfig, init_state, loss_fn, make_train_step,
-                               state_shardings)
-from a3_jax.trainer import Job, validate_plan
+from a3_jax.train.config import Job, TrainConfig, validate_plan
+from a3_jax.train.state import init_state, state_shardings
+from a3_jax.train.step import loss_fn, make_train_step
 
 from sharding_golden import MESHES, PRESETS, current_table, read_golden
 
@@ -131,11 +131,20 @@ def test_tiny_model_overfits_a_batch_and_runs_are_reproducible():
   assert losses == again
 
 
+def _compiles(step) -> dict:
+  """Compilations of each program of a train step (causal: True, A3 or other: False)."""
+  return {causal: program._cache_size() for causal, program in step.programs.items()}
+
+
 def test_stage_changes_do_not_recompile_the_step():
-  tc = TrainConfig(total_steps=6)
-  losses, step = _run(6, tc, curriculum="ar:2,block:2:2,perm:4:2")
-  assert step.stages == [0, 0, 1, 1, 2, 2]
-  assert step.jitted._cache_size() == 1
+  """One program per objective, each compiled once: the 'causal' stage's, and the A3
+  stages' (which switch groupings inside their program)."""
+  tc = TrainConfig(total_steps=8)
+  losses, step = _run(8, tc, curriculum="causal:2,ar:2,block:2:2,perm:4:2")
+  assert step.stages == [0, 0, 1, 1, 2, 2, 3, 3]
+  assert _compiles(step) == {False: 1, True: 1}
+  _, step = _run(2, tc, curriculum="ar:1,perm:4:1")
+  assert _compiles(step) == {False: 1}  # no 'causal' stage: no causal program
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -152,7 +161,7 @@ def test_causal_stage_trains_the_content_stream_then_the_query_stream():
   np.testing.assert_allclose(mixed[:10], causal, rtol=1e-5)  # the causal LM's steps
   assert causal[-1] < 0.8 * causal[0]  # objective 'ar' trains the content stream
   assert mixed[10] > mixed[9] + 0.3, mixed  # then the query stream's (new) loss
-  assert step.stages == [0] * 10 + [1, 1] and step.jitted._cache_size() == 1
+  assert step.stages == [0] * 10 + [1, 1] and _compiles(step) == {False: 1, True: 1}
   job = Job(curriculum="causal:10,perm:4:2", train=dataclasses.replace(tc, objective="ar"))
   with pytest.raises(ValueError, match="belongs to objective 'a3'"):
     validate_plan(job, CFG, parse_curriculum(job.curriculum))

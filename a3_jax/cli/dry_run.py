@@ -3,7 +3,7 @@
 Builds the model config, the abstract params and optimizer state with
 `jax.eval_shape` on a fake CPU mesh of the flag file's size, shards them by the
 rules, and prints bytes per device. The model config is the one a3-train builds
-(trainer.planned_config); an --init_from not reachable here is stood in by --preset.
+(train.config.planned_config); an --init_from not reachable here is stood in by --preset.
 With --compile it also lowers and compiles the train step for that mesh and prints
 XLA's memory analysis (slow for big models).
 Stdout: one JSON object; human text on stderr.
@@ -11,7 +11,6 @@ Stdout: one JSON object; human text on stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from absl import flags
 from a3_jax.cli import common as cli
 from a3_jax.cli import train as train_cli
 from a3_jax.errors import UserError
+from a3_jax.train.config import job_from_flags
 
 F = flags.FlagValues()
 F.append_flag_values(train_cli.F)  # the training flags the flag files use
@@ -36,7 +36,7 @@ def _device_count(argv) -> int:
   and a job that cannot fit its mesh is refused before thousands of fake devices exist
   (the CPU backend takes minutes to start 10,000). A malformed flag is main's to report."""
   from a3_jax.sharding import mesh_device_count, parse_mesh_spec
-  from a3_jax.trainer import check_batch_rows, check_numbers
+  from a3_jax.train.config import check_batch_rows
   try:
     F(argv, known_only=True)
   except (flags.Error, UnicodeDecodeError, OSError):
@@ -47,8 +47,7 @@ def _device_count(argv) -> int:
       raise UserError(f"--devices must be >= 1, got {F.devices}")
     count = F.devices or mesh_device_count(F.mesh)
     sizes = parse_mesh_spec(F.mesh, count)
-    job = train_cli.job_from_flags(F)
-    check_numbers(job)
+    job = job_from_flags(F)  # refuses out-of-range numbers
     check_batch_rows(job, sizes["data"] * sizes["fsdp"])
     return count
   finally:
@@ -76,17 +75,18 @@ def report(job, compile_step: bool) -> dict:
 
   from a3_jax import sharding as shd
   from a3_jax.grouping import parse_curriculum
-  from a3_jax.train_step import _boxed_state, make_train_step, state_shardings
-  from a3_jax.trainer import planned_config, validate_mesh
+  from a3_jax.train.config import planned_config, validate_mesh
+  from a3_jax.train.state import boxed_state, state_shardings
+  from a3_jax.train.step import make_train_step
 
   curriculum = parse_curriculum(job.curriculum)
   stand_in, note = init_config(job)
   model_config = planned_config(job, stand_in)
   mesh = shd.make_mesh(job.mesh)
   validate_mesh(job, mesh)
-  tc = dataclasses.replace(job.train, total_steps=job.steps)
+  tc = job.train_config
   with jax.set_mesh(mesh):
-    abstract = jax.eval_shape(lambda k: meta.unbox(_boxed_state(model_config, tc, k)),
+    abstract = jax.eval_shape(lambda k: meta.unbox(boxed_state(model_config, tc, k)),
                               jax.random.key(0))
     shardings = state_shardings(model_config, tc, mesh)
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse(F, argv, "a3-dry-run", __doc__)
     if args:
       raise UserError(f"unexpected arguments: {args}")
-    result = report(train_cli.job_from_flags(F), F.compile)
+    result = report(job_from_flags(F), F.compile)
     if result["init_from_note"]:
       print(f"note: {result['init_from_note']}", file=sys.stderr)
     gib = 2.0 ** 30

@@ -26,7 +26,7 @@ from a3_jax.data.corpus import load_works
 from a3_jax.export import is_export
 from a3_jax.metrics import read_metrics
 from a3_jax.tokenizer import load_tokenizer
-from a3_jax.trainer import run as train_run
+from a3_jax.train.loop import run as train_run
 
 import evaluation
 import run as experiment

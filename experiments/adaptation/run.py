@@ -31,8 +31,8 @@ from a3_jax.data.corpus import asset_path, load_works
 from a3_jax.export import is_export, load_export, save_export
 from a3_jax.metrics import read_metrics
 from a3_jax.tokenizer import load_tokenizer
-from a3_jax.train_step import TrainConfig
-from a3_jax.trainer import Job, run as train_run
+from a3_jax.train.config import Job, TrainConfig
+from a3_jax.train.loop import run as train_run
 
 import evaluation
 import report

@@ -2,7 +2,7 @@
 a3-train evaluates.
 
 The floor a useful model must beat: token frequencies of the training split
-(add-one smoothed), scored on exactly the tokens of `trainer.evaluate`.
+(add-one smoothed), scored on exactly the tokens of `a3_jax.train.validation.evaluate`.
 
   python experiments/cpu_default/unigram_baseline.py [--workdir=runs/default]
 Last line: one JSON object (with the run's last validation metrics if --workdir has them).
@@ -19,7 +19,7 @@ from a3_jax.data.pipeline import make_eval_batches
 from a3_jax.data.sources import make_source
 from a3_jax.tokenizer import load_tokenizer, token_char_lengths
 from a3_jax.metrics import read_metrics
-from a3_jax.trainer import Job
+from a3_jax.train.config import Job
 
 _WORKDIR = flags.DEFINE_string("workdir", Job().workdir, "run whose validation metrics to show")
 

@@ -36,8 +36,8 @@ from a3_jax.data.corpus import load_works
 from a3_jax.tokenizer import load_tokenizer
 from a3_jax.metrics import read_metrics
 from a3_jax.tasks import fill
-from a3_jax.train_step import TrainConfig
-from a3_jax.trainer import Job, run
+from a3_jax.train.config import Job, TrainConfig
+from a3_jax.train.loop import run
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/small_scale", "run directory")
 _PRESET = flags.DEFINE_string("preset", "small", "model preset of all three runs")

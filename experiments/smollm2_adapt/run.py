@@ -33,8 +33,11 @@ from a3_jax.data.pipeline import make_eval_batches
 from a3_jax.decoding.group import decode_groups, schedule
 from a3_jax.metrics import read_metrics
 from a3_jax.decoding.sampling import SamplerConfig
-from a3_jax.train_step import TrainConfig, make_eval_step, state_shardings
-from a3_jax.trainer import Job, evaluate, run
+from a3_jax.train.config import Job, TrainConfig
+from a3_jax.train.loop import run
+from a3_jax.train.state import state_shardings
+from a3_jax.train.step import make_eval_step
+from a3_jax.train.validation import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/smollm2_adapt", "run directory")
 _STEPS = flags.DEFINE_integer("steps_per_stage", 15, "training steps per curriculum stage")

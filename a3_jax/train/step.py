@@ -1,145 +1,25 @@
-"""Train state, optimizer, the pure loss function and the jitted, sharded train step.
+"""The pure loss and the jitted, sharded train and eval steps.
 
-Randomness enters only through `key = fold_in(seed_key, step)`, so a resumed run
-needs no saved key; the curriculum stage is a traced function of the step, so
-stages change without recompiling.
+Randomness enters only through `key = fold_in(seed_key, step)`, so a resumed run needs
+no saved key. The groupings of the A3 stages are a traced function of the step
+(`lax.switch`), so those stages change without recompiling; a 'causal' stage is another
+objective and another program, chosen on the host (see make_train_step).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any
-
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from flax.linen import meta
 
 from a3_jax import attention, mdm
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
 from a3_jax.loss import grouped_nll, loss_weights
-from a3_jax.model import A3LM, init_params, stream_rows
-from a3_jax.errors import UserError
-
-OBJECTIVES = ("a3", "ar", "mdm")
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Optimisation settings. `objective='ar'` trains the causal baseline
-  (content stream only, next-token loss) on the same backbone; 'mdm' the
-  masked-diffusion baseline (a3_jax.mdm: bidirectional content stream, MDLM loss);
-  mdm_shift and mdm_anneal_steps adapt a causal model to it the DiffuLLaMA way
-  (position i predicts token i+1; attention annealed from causal to full)."""
-
-  lr: float = 3e-4
-  warmup_steps: int = 100
-  total_steps: int = 1000
-  schedule: str = "cosine"
-  end_lr_ratio: float = 0.1
-  weight_decay: float = 0.1
-  b1: float = 0.9
-  b2: float = 0.95
-  clip_norm: float = 1.0
-  grad_accum: int = 1
-  count_first_group: bool = True
-  z_loss: float = 0.0
-  objective: str = "a3"
-  mdm_shift: bool = False
-  mdm_anneal_steps: int = 0
-
-  def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise UserError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-    if self.schedule not in SCHEDULES:
-      raise UserError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-    # Field names are a3-train's flag names (total_steps: --steps).
-    if self.grad_accum < 1:
-      raise UserError(f"--grad_accum must be >= 1, got {self.grad_accum}")
-    checks = [("lr", self.lr, self.lr > 0, "> 0"),
-              ("clip_norm", self.clip_norm, self.clip_norm > 0, "> 0"),
-              ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
-              ("z_loss", self.z_loss, self.z_loss >= 0, ">= 0"),
-              ("end_lr_ratio", self.end_lr_ratio, self.end_lr_ratio >= 0, ">= 0"),
-              ("b1", self.b1, 0 <= self.b1 < 1, "in [0, 1)"),
-              ("b2", self.b2, 0 <= self.b2 < 1, "in [0, 1)")]
-    for name, value, ok, bound in checks:
-      if not (math.isfinite(value) and ok):
-        raise UserError(f"--{name} must be a finite number {bound}, got {value}")
-    if self.warmup_steps < 0:
-      raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
-    if self.total_steps < 1:
-      raise UserError(f"--steps must be >= 1, got {self.total_steps}")
-    if self.mdm_anneal_steps < 0:
-      raise UserError(f"--mdm_anneal_steps must be >= 0, got {self.mdm_anneal_steps}")
-    if self.objective != "mdm" and (self.mdm_shift or self.mdm_anneal_steps):
-      raise UserError("--mdm_shift and --mdm_anneal_steps apply to objective 'mdm' only")
-
-
-class TrainState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
-  warmup = max(tc.warmup_steps, 1)
-  decay_steps = max(tc.total_steps - tc.warmup_steps, 1)
-  end = tc.lr * tc.end_lr_ratio
-  if tc.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, warmup + decay_steps, end)
-  after = (optax.linear_schedule(tc.lr, end, decay_steps) if tc.schedule == "linear"
-           else optax.constant_schedule(tc.lr))
-  return optax.join_schedules([optax.linear_schedule(0.0, tc.lr, warmup), after], [warmup])
-
-
-def _decay_mask(params):
-  """Decay matrices, not norm scales or the query start vector."""
-  def keep(path, _):
-    names = {getattr(p, "key", None) for p in path}
-    return not ({"scale", "query_embed"} & names)
-  return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  return optax.chain(
-      optax.clip_by_global_norm(tc.clip_norm),
-      optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2,
-                  weight_decay=tc.weight_decay, mask=_decay_mask))
-
-
-def _boxed_state(model_config: ModelConfig, tc: TrainConfig, key) -> TrainState:
-  params = init_params(model_config, key)
-  opt_state = make_optimizer(tc).init(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-
-
-def state_shardings(model_config: ModelConfig, tc: TrainConfig, mesh) -> TrainState:
-  """NamedShardings of every leaf of the (unboxed) train state."""
-  abstract = jax.eval_shape(lambda k: _boxed_state(model_config, tc, k), jax.random.key(0))
-  return shd.param_shardings(abstract, mesh)
-
-
-def init_state(model_config: ModelConfig, tc: TrainConfig, key, mesh) -> TrainState:
-  """A train state born sharded (never whole on one device)."""
-  shardings = state_shardings(model_config, tc, mesh)
-  with shd.axis_rules():
-    return jax.jit(lambda k: meta.unbox(_boxed_state(model_config, tc, k)),
-                   out_shardings=shardings)(key)
-
-
-def state_from_params(params, model_config: ModelConfig, tc: TrainConfig, mesh) -> TrainState:
-  """A fresh train state (step 0, zero moments) around given (unboxed) params."""
-  shardings = state_shardings(model_config, tc, mesh)
-  params = jax.device_put(params, shardings.params)
-  opt_state = jax.jit(make_optimizer(tc).init, out_shardings=shardings.opt_state)(params)
-  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-                    params=params, opt_state=opt_state)
+from a3_jax.model import A3LM, stream_rows
+from a3_jax.train.config import TrainConfig
+from a3_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
 
 def batch_groups(curriculum: Curriculum, step, key, batch):
@@ -149,23 +29,19 @@ def batch_groups(curriculum: Curriculum, step, key, batch):
 
 
 def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None,
-               causal=None):
+               causal: bool = False):
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
   batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
   which objective 'mdm' draws its noise (the grouping then gives its attention
-  groups: mdm.anneal_groups, all 0 = full attention). causal: a traced bool
-  (objective 'a3', a curriculum with a 'causal' stage): this step trains the
-  content stream as a causal LM instead (lax.cond: only one branch runs).
+  groups: mdm.anneal_groups, all 0 = full attention). causal (objective 'a3', a
+  'causal' curriculum stage): train the content stream as a causal LM instead.
   """
   if tc.objective == "mdm":
     return mdm.loss_stats(model, tc, params, batch, key, groups_BxT)
-  if tc.objective == "ar":
+  if tc.objective == "ar" or causal:
     return _causal_stats(model, tc, params, batch)
-  if causal is None:
-    return _a3_stats(model, tc, params, batch, groups_BxT)
-  return jax.lax.cond(causal, lambda: _causal_stats(model, tc, params, batch),
-                      lambda: _a3_stats(model, tc, params, batch, groups_BxT))
+  return _a3_stats(model, tc, params, batch, groups_BxT)
 
 
 def _causal_stats(model: A3LM, tc: TrainConfig, params, batch):
@@ -196,7 +72,7 @@ def loss_fn(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
   return (stats["nll"] + stats["z"]) / count, stats
 
 
-def _accumulated_grads(model, tc, params, batch, groups_BxT, key, causal=None):
+def _accumulated_grads(model, tc, params, batch, groups_BxT, key, causal: bool):
   """Gradient of the token-mean loss over grad_accum micro-batches (scan)."""
   def sum_loss(p, micro, groups, k):
     stats = loss_stats(model, tc, p, micro, groups, k, causal)
@@ -238,7 +114,14 @@ def _kernel_rows(groups_BxT, seg_BxT, grad_accum: int, group_size: int) -> dict:
 
 def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curriculum,
                     mesh, shardings: TrainState):
-  """jit(state, batch, seed_key) -> (state, metrics), state donated.
+  """(state, batch, seed_key, step=None) -> (state, metrics), state donated.
+
+  One compiled program per objective: with a 'causal' curriculum stage (objective
+  'a3'), its steps and the A3 stages' steps are two programs, each compiled on first
+  use, and the host picks one from `step` (the state's step; pass it to spare the
+  device sync of reading state.step). A gradient through a `lax.cond` of the two would
+  keep both branches' residuals. `run.program(causal)` is the jitted program (AOT
+  lowering); `run.jitted` the A3 (or the objective's only) one.
 
   A step whose loss or gradient norm is not finite keeps the old params and
   optimizer state (a select inside the step: no extra host sync) and reports
@@ -248,14 +131,12 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   tx = make_optimizer(tc)
   schedule = learning_rate_schedule(tc)
 
-  def step_fn(state: TrainState, batch, seed_key):
+  def step_fn(state: TrainState, batch, seed_key, causal: bool):
     key = jax.random.fold_in(seed_key, state.step)
     stage, groups = batch_groups(curriculum, state.step, key, batch)
     if tc.objective == "mdm":  # the curriculum's groups become the annealed attention
       groups = mdm.anneal_groups(state.step, tc.mdm_anneal_steps, batch["segment_ids"],
                                  batch["positions"], jax.random.fold_in(key, 1))
-    causal = (curriculum.is_causal(stage)
-              if tc.objective == "a3" and curriculum.has_causal else None)
     grads, stats = _accumulated_grads(model, tc, state.params, batch, groups, key, causal)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -280,14 +161,25 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
 
   batch_shard = shd.batch_sharding(mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shard, replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+  programs = {}
+  split = tc.objective == "a3" and curriculum.has_causal
 
-  def run(state, batch, seed_key):
+  def program(causal: bool):
+    if causal not in programs:
+      programs[causal] = jax.jit(lambda s, b, k: step_fn(s, b, k, causal),
+                                 in_shardings=(shardings, batch_shard, replicated),
+                                 out_shardings=(shardings, replicated), donate_argnums=(0,))
+    return programs[causal]
+
+  def run(state, batch, seed_key, step: int | None = None):
+    causal = split and curriculum.stage(
+        int(state.step) if step is None else step).kind == "causal"
     with shd.axis_rules():
-      return jitted(state, batch, seed_key)
+      return program(causal)(state, batch, seed_key)
 
-  run.jitted = jitted
+  run.program = program
+  run.programs = programs
+  run.jitted = program(False)
   return run
 
 

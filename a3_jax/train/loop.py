@@ -1,0 +1,237 @@
+"""The training loop: data, sharded state, curriculum, checkpoints, metrics, validation.
+
+`run(job)` is what `a3-train` calls after parsing flags; every user-caused
+problem is a UserError raised before anything in the workdir is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+from etils import epath
+
+from a3_jax import checkpoint as ckpt
+from a3_jax import rundir
+from a3_jax import sharding as shd
+from a3_jax.config import ModelConfig
+from a3_jax.convert.loader import load_pretrained
+from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
+from a3_jax.errors import UserError
+from a3_jax.export import RUN_FLAGS, tokenizer_file
+from a3_jax.flops import mfu_report
+from a3_jax.grouping import parse_curriculum
+from a3_jax.metrics import MetricsWriter, read_metrics
+from a3_jax.tokenizer import load_tokenizer, save_tokenizer, token_char_lengths
+from a3_jax.train import console
+from a3_jax.train.config import Job, TrainConfig, model_config_for, validate_mesh, validate_plan
+from a3_jax.train.resume import resume
+from a3_jax.train.signals import Preemption
+from a3_jax.train.state import init_state, state_from_params, state_shardings
+from a3_jax.train.step import make_eval_step, make_train_step
+from a3_jax.train.validation import eval_source, evaluate
+
+
+def initial(job: Job, mesh):
+  """(model config, tokenizer, pretrained params or None).
+
+  A run resuming from its own checkpoint does not read --init_from's weights: only its
+  config, and the tokenizer the run saved in its workdir.
+  """
+  saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
+  if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
+    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
+  if job.init_from:
+    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
+    if job.tokenizer:
+      tokenizer = load_tokenizer(job.tokenizer)
+    return model_config, tokenizer, params
+  tokenizer = load_tokenizer(job.tokenizer)
+  return model_config_for(job, tokenizer.vocab_size), tokenizer, None
+
+
+def run(job: Job) -> dict:
+  """Trains (or resumes) and returns the last validation metrics.
+
+  Every check that can refuse the job runs before the workdir lock is taken and
+  anything is written.
+  """
+  rundir.check_workdir(job.workdir)
+  read_metrics(job.workdir)  # a damaged metrics file is refused before any write
+  curriculum = parse_curriculum(job.curriculum)
+  mesh = shd.make_mesh(job.mesh)
+  tc = job.train_config
+  model_config, tokenizer, pretrained = initial(job, mesh)
+  validate_plan(job, model_config, curriculum)
+  validate_mesh(job, mesh)
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
+                    f"{model_config.vocab_size}")
+
+  local_batch = job.batch_size // jax.process_count()
+  data_iter = make_train_iterator(job.data, tokenizer, seq_len=job.seq_len,
+                                  batch_size=local_batch, seed=job.seed,
+                                  data_dir=job.data_dir, worker_count=job.worker_count)
+  eval_spec, eval_split = eval_source(job.data, job.eval_data)
+  eval_batches = make_eval_batches(eval_spec, tokenizer, seq_len=job.seq_len, split=eval_split,
+                                   data_dir=job.data_dir, batch_size=local_batch,
+                                   max_batches=job.eval_batches)
+  if not eval_batches or not any(b["segment_ids"].any() for b in eval_batches):
+    raise UserError(f"validation data {eval_spec} gives no tokens "
+                    "(set --eval_data to a source with text)")
+
+  with rundir.locked(job.workdir, enabled=jax.process_index() == 0), jax.set_mesh(mesh):
+    shardings = state_shardings(model_config, tc, mesh)
+    manager, resume_step, state = resume(job, tc, mesh, model_config, shardings, data_iter)
+    if resume_step is not None and resume_step >= job.steps:
+      manager.close()
+      print(f"{job.workdir} already holds the checkpoint of step {resume_step} "
+            f"(--steps={job.steps}): nothing to do", flush=True)
+      return {}
+    if resume_step is not None:
+      print(f"resumed from step {resume_step} in {job.workdir}", flush=True)
+    if state is None:
+      state = (state_from_params(pretrained, model_config, tc, mesh) if pretrained is not None
+               else init_state(model_config, tc, jax.random.key(job.seed), mesh))
+    _write_run_files(job, model_config, tokenizer)
+    char_lengths = (token_char_lengths(tokenizer, model_config.vocab_size)
+                    if tc.objective == "a3" and tc.count_first_group else None)
+    return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
+                      eval_batches, manager, resume_step, char_lengths), state)
+
+
+def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
+  if jax.process_index():
+    return
+  run_dir = epath.Path(job.workdir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / "config.json").write_text(model_config.to_json())
+  (run_dir / RUN_FLAGS).write_text(json.dumps(dataclasses.asdict(job), indent=2) + "\n")
+  save_tokenizer(tokenizer, job.workdir)
+
+
+def _meta(job: Job, model_config: ModelConfig) -> dict:
+  return {"model_config": model_config.to_dict(), "curriculum": job.curriculum,
+          "data": job.data, "seq_len": job.seq_len, "batch_size": job.batch_size,
+          "seed": job.seed, "objective": job.train.objective}
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the step loop of one run works with."""
+
+  job: Job
+  tc: TrainConfig
+  curriculum: Any
+  mesh: Any
+  model_config: ModelConfig
+  shardings: Any
+  data_iter: Any
+  eval_batches: list
+  manager: Any
+  resume_step: int | None
+  char_lengths: Any = None  # [V] characters per token id: validation NLL per character
+
+
+def _record(r: _Run, step: int, metrics, tick: float, started: float) -> dict:
+  """The metrics.jsonl record of `step` (0-based) from its fetched metrics."""
+  now = time.perf_counter()
+  record = {"step": step + 1, "stage": r.curriculum.stage_name(step),
+            **{k: float(v) for k, v in metrics.items() if k != "stage"},
+            "tokens_per_s": r.job.batch_size * r.job.seq_len / (now - tick),
+            "elapsed_s": now - started}
+  record.update(mfu_report(r.model_config, r.job.seq_len, record["tokens_per_s"],
+                           r.curriculum.stages[int(metrics["stage"])][0], r.tc.objective))
+  return record
+
+
+def _loop(r: _Run, state):
+  """Steps until --steps, SIGTERM or Ctrl-C, or a non-finite step (see make_train_step).
+  The host fetches step t-1's metrics after step t is dispatched, so the device never
+  waits on the host between steps; evals and checkpoints first write the pending step's
+  record (a non-finite step thus stops the run before any later save)."""
+  job = r.job
+  train_step = make_train_step(r.model_config, r.tc, r.curriculum, r.mesh, r.shardings)
+  eval_step = make_eval_step(r.model_config, r.tc, r.mesh, r.shardings)
+  causal_step = (make_eval_step(r.model_config, dataclasses.replace(r.tc, objective="ar"),
+                                r.mesh, r.shardings)
+                 if r.tc.objective == "a3" and r.curriculum.has_causal else None)
+  seed_key = jax.random.key(job.seed)
+  eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # fixed: evals are comparable
+  writer = MetricsWriter(job.workdir, r.resume_step, report=console.warn)
+  preemption = Preemption()
+  start = int(state.step)
+  console.banner(job, r.curriculum, r.model_config, state.params, start)
+  skipped = 0
+  last_saved = r.resume_step
+  last_eval: dict = {}
+  tick = started = time.perf_counter()
+  pending = None  # (step, metrics still on the device)
+
+  def _nonfinite(step, metrics):
+    nonlocal skipped
+    if not job.skip_nonfinite:
+      raise UserError(
+          f"step {step + 1}: non-finite loss or gradient norm (loss {float(metrics['loss']):.4g}"
+          f", grad norm {float(metrics['grad_norm']):.4g}); the update was not applied and "
+          f"the run stops (last checkpoint: step {last_saved or 'none'}); lower --lr, or "
+          "pass --skip_nonfinite to skip such batches")
+    skipped += 1
+    console.warn(f"step {step + 1}: non-finite loss or gradient norm, batch skipped "
+                 f"({skipped} so far)")
+
+  def flush():
+    nonlocal pending, tick
+    if pending is None:
+      return
+    step, metrics = pending
+    pending = None
+    metrics = jax.device_get(metrics)
+    if metrics.pop("nonfinite"):  # the step kept the old params and optimizer state
+      _nonfinite(step, metrics)
+    record = _record(r, step, metrics, tick, started)
+    if job.skip_nonfinite:
+      record["skipped_nonfinite"] = skipped
+    tick = time.perf_counter()
+    writer.write(record)
+    if (step + 1) % 10 == 0 or step == start:
+      console.progress(job, record, tick - started, step + 1 - start)
+
+  try:
+    for step in range(start, job.steps):
+      batch = shd.shard_batch(next(r.data_iter), r.mesh)
+      state, metrics = train_step(state, batch, seed_key, step)
+      flush()  # step - 1's, while this step runs
+      pending = (step, metrics)
+      done = step + 1 == job.steps
+      preempted = preemption.reached(step + 1)
+      evaluate_now = (step + 1) % job.eval_every == 0 or done
+      save_now = (step + 1) % job.save_every == 0 or done or preempted
+      if evaluate_now or save_now:
+        flush()
+      if evaluate_now:
+        last_eval = evaluate(eval_step, state.params, r.eval_batches, eval_key, r.mesh,
+                             r.tc.objective, r.char_lengths, causal_step)
+        writer.write({"step": step + 1, "split": "validation", **last_eval})
+        console.validation(step + 1, last_eval)
+        tick = time.perf_counter()
+      if save_now:
+        ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),
+                  force=True)
+        last_saved = step + 1
+      if preempted:
+        print(f"{preemption.signal_name}: saved step {step + 1}, exiting", flush=True)
+        break
+    flush()
+  finally:
+    r.manager.wait_until_finished()
+    r.manager.close()
+    writer.close()
+    preemption.restore()
+  if jax.process_index() == 0 and int(state.step) == job.steps:
+    console.done(job, time.perf_counter() - started)
+  return last_eval

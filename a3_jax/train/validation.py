@@ -1,0 +1,66 @@
+"""Validation during training: exact NLL per token (and per character) of held-out
+batches under fixed groupings."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from a3_jax import sharding as shd
+from a3_jax.grouping import parse_strategy, sample_groups
+
+EVAL_GROUPINGS = ("ar", "perm:4")
+
+
+def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
+             char_lengths=None, causal_step=None) -> dict:
+  """Exact NLL per token of the validation batches under each EVAL_GROUPINGS entry
+  (objective 'mdm': its NELBO per token, as nll_mdm), and per character
+  (`nll_ar_per_char`, ...) where `char_lengths` [V] (tokenizer.token_char_lengths)
+  is given: the same summed NLL over the characters the scored tokens spell.
+  `causal_step` (a curriculum with a 'causal' stage): also the content stream's
+  next-token NLL, as nll_causal (each document's first token unscored).
+
+  Groups are drawn for the global batch, so the result does not depend on the
+  number of processes.
+  """
+  out = {}
+  chars = None
+  if char_lengths is not None:  # every non-padding token is scored (count_first_group)
+    chars = sum(int(char_lengths[b["tokens"]][b["segment_ids"] != 0].sum()) for b in batches)
+  for name in ("mdm",) if objective == "mdm" else EVAL_GROUPINGS:
+    strategy = parse_strategy("ar" if name == "mdm" else name)  # mdm ignores the groups
+    draw = jax.jit(functools.partial(sample_groups, strategy),
+                   out_shardings=shd.batch_sharding(mesh))
+    nll = count = 0.0
+    for i, batch in enumerate(batches):
+      batch = shd.shard_batch(batch, mesh)
+      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"])
+      stats = eval_step(params, batch, groups)
+      nll += float(stats["nll"])
+      count += float(stats["count"])
+    out[f"nll_{name.replace(':', '')}"] = nll / max(count, 1.0)
+    if chars:
+      out[f"nll_{name.replace(':', '')}_per_char"] = nll / chars
+  if causal_step is not None:
+    stats = [causal_step(params, b, b["positions"])
+             for b in (shd.shard_batch(b, mesh) for b in batches)]
+    out["nll_causal"] = (sum(float(s["nll"]) for s in stats)
+                         / max(sum(float(s["count"]) for s in stats), 1.0))
+  out["eval_tokens"] = count
+  return out
+
+
+def eval_source(data: str, eval_data: str | None) -> tuple[str, str]:
+  """(source spec, split) of validation data: --eval_data, else the validation split
+  of --data where it has one (shakespeare, tfds), else --data itself."""
+  if eval_data:
+    return eval_data, "train"
+  if data.startswith(("text:", "arrayrecord:")):
+    print(f"warning: --data={data} has no validation split and --eval_data is unset: "
+          "validation metrics are measured on training files", flush=True)
+    return data, "train"
+  if data.startswith("tfds:") and data.count(":") >= 2:
+    return data, "train"  # an explicit split: make_source reads it from the spec
+  return data, "validation"
