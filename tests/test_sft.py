@@ -2,6 +2,7 @@
 group 0 and the response grouped alone, the loss exactly -log p(response | prompt)
 (brute force by separate passes), no prompt token scored, a3-eval --responses."""
 
+import functools
 import json
 
 import jax
@@ -17,6 +18,8 @@ from a3_jax.errors import UserError
 from a3_jax.loss import grouped_nll, loss_weights, next_token_weights
 from a3_jax.model import A3LM, init_params, stream_rows
 from a3_jax.tokenizer import load_tokenizer
+from a3_jax.train.config import TrainConfig
+from a3_jax.train.step import batch_groups, loss_stats
 from cli_helpers import assert_one_line_error, run_main, tiny_export
 
 TOKENIZER = load_tokenizer()
@@ -172,21 +175,30 @@ def brute_force(params, tokens, groups):
   return total
 
 
-@pytest.mark.parametrize("spec, given_rate", [("perm:2", 0.0), ("mix:ar=0.5,block:3=0.5", 0.3)])
-def test_sft_loss_is_brute_force_minus_log_p_response_given_prompt(params, examples, spec,
+@functools.partial(jax.jit, static_argnames=("curriculum", "given_rate"))
+def _train_loss_stats(params, batch, key, *, curriculum, given_rate):
+  """The train step's groups and summed loss statistics of one fine-tuning batch."""
+  _, groups = batch_groups(curriculum, 0, key, batch, given_rate)
+  return groups, loss_stats(A3LM(CFG), TrainConfig(), params, batch, groups, key)
+
+
+@pytest.mark.parametrize("curriculum, given_rate", [("perm:2:10", 0.0),
+                                                    ("mix:ar=0.5,block:3=0.5:10", 0.3)])
+def test_sft_loss_is_brute_force_minus_log_p_response_given_prompt(params, examples, curriculum,
                                                                     given_rate):
+  """The train step's loss (its grouping, weights and loss) of a packed batch equals the
+  sum over examples and groups of separate passes, each example alone."""
   (batch, *_) = pipeline.make_eval_batches(f"sft:{examples}", TOKENIZER, seq_len=32,
                                            batch_size=4)
-  groups = response_groups(grouping.parse_strategy(spec), jax.random.key(7),
-                                    batch["segment_ids"], batch["positions"], batch["roles"],
-                                    given_rate)
-  logits, weights = sft_loss_terms(params, batch, groups)
-  stats = grouped_nll(logits, jnp.asarray(batch["tokens"]), weights)
+  groups, stats = _train_loss_stats(
+      params, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(7),
+      curriculum=grouping.parse_curriculum(curriculum), given_rate=given_rate)
   want, count = 0.0, 0
   groups = np.asarray(groups)
   for r in range(len(batch["tokens"])):
     for s in np.unique(batch["segment_ids"][r][batch["segment_ids"][r] > 0]):
       at = batch["segment_ids"][r] == s
+      assert np.all(groups[r][at][batch["roles"][r][at] == roles.PROMPT] == 0)
       want -= brute_force(params, batch["tokens"][r][at], groups[r][at])
       count += int(np.sum(groups[r][at] > 0))
   assert int(stats["count"]) == count > 0
@@ -244,3 +256,39 @@ def test_eval_responses(tmp_path, examples):
   assert_one_line_error(run_main("a3_jax.cli.eval", f"--checkpoint={export}",
                                  f"--responses={tmp_path}/none.jsonl"), "a3-eval",
                         "--responses=")
+
+
+def test_validation_scores_responses_as_a3_eval_does(params, examples, tmp_path):
+  """Training validation of fine-tuning data (`ar`) = a3-eval --responses' exact
+  log p(response | prompt): two paths, one number. And a causal step scores the
+  response tokens alone (those with a token before them)."""
+  from a3_jax import responses
+  from a3_jax import sharding as shd
+  from a3_jax.train.state import state_shardings
+  from a3_jax.train.step import make_eval_step
+  from a3_jax.train.validation import evaluate
+  batches = pipeline.make_eval_batches(f"sft:{examples}", TOKENIZER, seq_len=32, batch_size=4)
+  mesh = shd.make_mesh("data:1", jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    shardings = state_shardings(CFG, TrainConfig(), mesh)
+    eval_step = make_eval_step(CFG, TrainConfig(), mesh, shardings)
+    out = evaluate(eval_step, params, batches, jax.random.key(0), mesh)
+  want = responses.score_responses(params, CFG, TOKENIZER, examples)
+  assert out["eval_tokens"] == want["response_tokens"]
+  np.testing.assert_allclose(out["nll_ar"], want["nll_per_token"], rtol=1e-5)
+  causal = loss_stats(A3LM(CFG), TrainConfig(objective="ar"), params,
+                      {k: jnp.asarray(v) for k, v in batches[0].items()}, None)
+  b = batches[0]  # every response token but one that starts its example (an empty prompt)
+  assert int(causal["count"]) == int(np.sum((b["roles"] == roles.RESPONSE) & (b["positions"] > 0)))
+
+
+def test_dry_run_and_flag_checks(examples):
+  code, out, err = run_main("a3_jax.cli.dry_run", "--preset=tiny", f"--data=sft:{examples}",
+                            "--seq_len=32", "--batch_size=8", "--sft_given_rate=0.2",
+                            "--sft_overlong=truncate", "--curriculum=mix:ar=0.5,perm:2=0.5:10")
+  assert code == 0, err
+  assert_one_line_error(run_main("a3_jax.cli.dry_run", "--preset=tiny", "--sft_given_rate=0.2"),
+                        "a3-dry-run", "--sft_given_rate applies to fine-tuning data")
+  assert_one_line_error(run_main("a3_jax.cli.dry_run", "--preset=tiny", "--objective=mdm",
+                                 "--curriculum=ar:10", f"--data=sft:{examples}"),
+                        "a3-dry-run", "'mdm' has no prompt-conditioned loss")

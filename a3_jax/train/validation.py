@@ -8,7 +8,8 @@ import functools
 import jax
 
 from a3_jax import sharding as shd
-from a3_jax.grouping import parse_strategy, sample_groups
+from a3_jax.grouping import parse_strategy, response_groups, sample_groups
+from a3_jax.roles import RESPONSE
 
 EVAL_GROUPINGS = ("ar", "perm:4")
 
@@ -22,21 +23,25 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
   `causal_step` (a curriculum with a 'causal' stage): also the content stream's
   next-token NLL, as nll_causal (each document's first token unscored).
 
+  Fine-tuning batches (with `roles`) score their responses alone, the prompt in group 0
+  and the grouping over the response (no given subset): -log p(response | prompt).
+
   Groups are drawn for the global batch, so the result does not depend on the
   number of processes.
   """
   out = {}
   chars = None
   if char_lengths is not None:  # every non-padding token is scored (count_first_group)
-    chars = sum(int(char_lengths[b["tokens"]][b["segment_ids"] != 0].sum()) for b in batches)
+    chars = sum(int(char_lengths[b["tokens"]][_scored(b)].sum()) for b in batches)
   for name in ("mdm",) if objective == "mdm" else EVAL_GROUPINGS:
     strategy = parse_strategy("ar" if name == "mdm" else name)  # mdm ignores the groups
-    draw = jax.jit(functools.partial(sample_groups, strategy),
+    draw = jax.jit(functools.partial(_eval_groups, strategy),
                    out_shardings=shd.batch_sharding(mesh))
     nll = count = 0.0
     for i, batch in enumerate(batches):
       batch = shd.shard_batch(batch, mesh)
-      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"])
+      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"],
+                    batch.get("roles"))
       stats = eval_step(params, batch, groups)
       nll += float(stats["nll"])
       count += float(stats["count"])
@@ -52,12 +57,23 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
   return out
 
 
+def _scored(batch):
+  """Where the eval scores a token: every non-padding one, or a fine-tuning row's response."""
+  return batch["roles"] == RESPONSE if "roles" in batch else batch["segment_ids"] != 0
+
+
+def _eval_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT=None):
+  if roles_BxT is None:
+    return sample_groups(strategy, key, seg_BxT, pos_BxT)
+  return response_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT)
+
+
 def eval_source(data: str, eval_data: str | None) -> tuple[str, str]:
   """(source spec, split) of validation data: --eval_data, else the validation split
   of --data where it has one (shakespeare, tfds), else --data itself."""
   if eval_data:
     return eval_data, "train"
-  if data.startswith(("text:", "arrayrecord:")):
+  if data.startswith(("text:", "arrayrecord:", "sft:")):
     print(f"warning: --data={data} has no validation split and --eval_data is unset: "
           "validation metrics are measured on training files", flush=True)
     return data, "train"
