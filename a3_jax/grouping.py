@@ -211,16 +211,20 @@ def response_groups(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT,
   return jnp.where(target_BxT, groups_BxT + 1, 0)
 
 
+def batch_groups_of(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT=None,
+                    given_rate: float = 0.0):
+  """Group ids of a batch: sample_groups, or on fine-tuning rows (roles given)
+  response_groups."""
+  if roles_BxT is None:
+    return sample_groups(strategy, key, seg_BxT, pos_BxT)
+  return response_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT, given_rate)
+
+
 def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT, roles_BxT=None,
                  given_rate: float = 0.0):
   """Group ids of the given (traced) stage; one compiled program for all stages.
   With roles (fine-tuning rows), the response groups of each stage's strategy."""
-  if roles_BxT is None:
-    sample = sample_groups
-  else:
-    def sample(s, key, seg, pos):
-      return response_groups(s, key, seg, pos, roles_BxT, given_rate)
-  branches = [lambda key, seg, pos, s=s: sample(s, key, seg, pos)
+  branches = [lambda key, seg, pos, s=s: batch_groups_of(s, key, seg, pos, roles_BxT, given_rate)
               for s, _ in curriculum.stages]
   if len(branches) == 1:
     return branches[0](key, seg_BxT, pos_BxT)

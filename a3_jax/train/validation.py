@@ -8,7 +8,7 @@ import functools
 import jax
 
 from a3_jax import sharding as shd
-from a3_jax.grouping import parse_strategy, response_groups, sample_groups
+from a3_jax.grouping import batch_groups_of, parse_strategy
 from a3_jax.roles import RESPONSE
 
 EVAL_GROUPINGS = ("ar", "perm:4")
@@ -35,7 +35,7 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
     chars = sum(int(char_lengths[b["tokens"]][_scored(b)].sum()) for b in batches)
   for name in ("mdm",) if objective == "mdm" else EVAL_GROUPINGS:
     strategy = parse_strategy("ar" if name == "mdm" else name)  # mdm ignores the groups
-    draw = jax.jit(functools.partial(_eval_groups, strategy),
+    draw = jax.jit(functools.partial(batch_groups_of, strategy),
                    out_shardings=shd.batch_sharding(mesh))
     nll = count = 0.0
     for i, batch in enumerate(batches):
@@ -60,12 +60,6 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
 def _scored(batch):
   """Where the eval scores a token: every non-padding one, or a fine-tuning row's response."""
   return batch["roles"] == RESPONSE if "roles" in batch else batch["segment_ids"] != 0
-
-
-def _eval_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT=None):
-  if roles_BxT is None:
-    return sample_groups(strategy, key, seg_BxT, pos_BxT)
-  return response_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT)
 
 
 def eval_source(data: str, eval_data: str | None) -> tuple[str, str]:
