@@ -4,7 +4,7 @@
   a3-generate --checkpoint=exports/default --prompt='ROMEO:' --max_new_tokens=64 \\
       --decoder=dynamic --criterion=entropy --block_size=16 --num_samples=3
   a3-generate --checkpoint=exports/default --prompt='<blank:8> the king.' --show_order
-  a3-generate --checkpoint=gguf:SmolLM2-135M-Instruct.Q4_1.gguf --chat \
+  a3-generate --checkpoint=exports/smollm2_adapted --chat \
       --prompt='What is the capital of France?' --max_new_tokens=32 --temperature=0
 
 `<blank:N>` stands for N tokens to generate, anywhere in the prompt;
