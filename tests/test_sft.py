@@ -71,12 +71,20 @@ def test_rows_hold_whole_examples_with_roles(examples):
   assert max(len(np.unique(b["segment_ids"][i])) for b in batches for i in range(2)) > 2
 
 
-def test_train_iterator_yields_roles(examples):
+def test_train_iterator_yields_roles_and_resumes(examples):
   it = pipeline.make_train_iterator(f"sft:{examples}", TOKENIZER, seq_len=32, batch_size=2,
                                     seed=0, shuffle_window=2)
   batch = next(it)
   assert set(batch) == {"tokens", "segment_ids", "positions", "roles"}
   assert batch["roles"].shape == (2, 32) and np.any(batch["roles"] == roles.RESPONSE)
+  state = json.loads(json.dumps(it.get_state()))  # as a checkpoint keeps it
+  want = [next(it) for _ in range(3)]
+  resumed = pipeline.make_train_iterator(f"sft:{examples}", TOKENIZER, seq_len=32,
+                                         batch_size=2, seed=0, shuffle_window=2)
+  resumed.set_state(state)
+  for w in want:
+    got = next(resumed)
+    assert all(np.array_equal(got[k], w[k]) for k in w)
 
 
 def test_overlong_examples_refused_or_truncated(tmp_path):
