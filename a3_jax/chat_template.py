@@ -55,7 +55,7 @@ def check_messages(messages, where: str) -> list[dict[str, str]]:
 
 
 def render(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = False,
-           special_tokens: dict[str, str] | None = None) -> str:
+           special_tokens: dict[str, str] | None = None, where: str = "chat") -> str:
   """The text of `messages` under `template`; add_generation_prompt ends it with the
   header of an assistant turn. special_tokens: {'bos_token': '<s>', ...}."""
   try:
@@ -63,7 +63,7 @@ def render(template: str, messages: list[dict[str, str]], *, add_generation_prom
                                       add_generation_prompt=add_generation_prompt,
                                       **(special_tokens or {}))
   except jinja2.exceptions.TemplateError as e:
-    raise UserError(f"the chat template refused these messages: {e}") from None
+    raise UserError(f"{where}: the chat template refused these messages: {e}") from None
 
 
 def template_of(tokenizer, where: str) -> str:
@@ -89,7 +89,8 @@ def special_tokens_of(tokenizer) -> dict[str, str]:
 def user_prompt(tokenizer, message: str, where: str) -> str:
   """The text a chat model answers `message` after: one user turn and the assistant header."""
   return render(template_of(tokenizer, where), [{"role": "user", "content": message}],
-                add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer))
+                add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer),
+                where=where)
 
 
 def prompt_and_response(tokenizer, messages: list[dict[str, str]], where: str) -> tuple[str, str]:
@@ -100,8 +101,9 @@ def prompt_and_response(tokenizer, messages: list[dict[str, str]], where: str) -
     raise UserError(f"{where}: the last message must be the assistant's (the response to "
                     f"learn), not {messages[-1]['role']!r}")
   template, special = template_of(tokenizer, where), special_tokens_of(tokenizer)
-  prompt = render(template, messages[:-1], add_generation_prompt=True, special_tokens=special)
-  whole = render(template, messages, special_tokens=special)
+  prompt = render(template, messages[:-1], add_generation_prompt=True, special_tokens=special,
+                  where=where)
+  whole = render(template, messages, special_tokens=special, where=where)
   if not whole.startswith(prompt):
     raise UserError(f"{where}: the chat template does not render the conversation as its "
                     "prompt (with the assistant header) followed by the last turn")
