@@ -168,20 +168,30 @@ def abstract_like(state_shapes: Any, shardings: Any):
                       state_shapes, shardings)
 
 
-def _read_params(manager: ocp.CheckpointManager, step: int):
+def _read_params(manager: ocp.CheckpointManager, step: int, dtype: str | None = None):
+  """The params subtree of a step's state, read alone (orbax partial restore) and cast to
+  `dtype` (None: as saved) as it is read, so the optimizer state is never in memory."""
   meta = read_meta(manager, step)
-  # The saved shardings name the devices of the run that wrote them (on a pod,
-  # other hosts' too): read every array onto this process's first device.
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(manager.directory / str(step) / "state").item_metadata
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored["state"]["params"], meta
+  state_dir = manager.directory / str(step) / "state"
+  # At most 1 GB of arrays in flight: each is read at its saved dtype, then cast.
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)) as checkpointer:
+    saved = checkpointer.metadata(state_dir).item_metadata
+    saved = getattr(saved, "tree", saved)  # orbax >= 0.12 wraps it in TreeMetadata
+    # The saved shardings name the devices of the run that wrote them (on a pod,
+    # other hosts' too): read every array onto this process's first device.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, dtype or m.dtype, sharding=device),
+        saved["params"], is_leaf=lambda m: hasattr(m, "shape"))}
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  return restored["params"], meta
 
 
-def restore_params(workdir: str, step: int | None = None):
-  """Params and meta of a run's latest (or given) checkpoint, without optimizer state.
+def restore_params(workdir: str, step: int | None = None, dtype: str | None = None):
+  """Params (cast to `dtype`, None: as trained) and meta of a run's latest (or given)
+  checkpoint; the optimizer state is not read.
 
   A damaged checkpoint is a UserError naming the step and file, and the newest
   intact step to pass as --step instead.
@@ -194,7 +204,7 @@ def restore_params(workdir: str, step: int | None = None):
     raise UserError(f"--step={step}: no such checkpoint under {checkpoint_dir(workdir)} "
                     f"(steps: {sorted(steps)})")
   wanted = max(steps) if step is None else step
-  found, loaded, damaged = intact_step(manager, lambda s: _read_params(manager, s), wanted)
+  found, loaded, damaged = intact_step(manager, lambda s: _read_params(manager, s, dtype), wanted)
   if damaged:
     hint = (f"the newest intact step is {found}: pass --step={found}" if found is not None
             else "no older step is intact")

@@ -121,13 +121,17 @@ def tokenizer_file(path: str) -> str | None:
   return None
 
 
-def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str | None]:
+def load_export(path: str, shardings: Any = None,
+                param_dtype: str | None = None) -> tuple[Any, ModelConfig, str | None]:
   """Returns (params, config, tokenizer path or None).
 
   `shardings`: optional pytree of NamedShardings matching the params; each array
   is then read straight into its sharding (never whole on one device).
+  `param_dtype`: read the params cast to it (the config says so), default as saved.
   """
   config = load_config(path)
+  if param_dtype is not None:
+    config = config.replace(param_dtype=param_dtype)
   ckpt = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
     try:

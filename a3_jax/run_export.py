@@ -25,7 +25,7 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a training run directory")
   check_out_dir(out)
-  params, meta, step = restore_params(workdir, step)
+  params, meta, step = restore_params(workdir, step, dtype)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)
   if fmt == "hf":

@@ -79,3 +79,15 @@ def tiny_export(directory) -> str:
   config = get_preset("tiny", vocab_size=tokenizer.vocab_size)
   params = meta.unbox(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)))
   return save_export(str(directory / "export"), params, config, tokenizer.path)
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, workdir, step: int, timeout: float = 300) -> None:
+  """SIGKILLs a3-train `proc` as soon as WORKDIR/checkpoints/STEP exists."""
+  import signal
+  import time
+  deadline = time.time() + timeout
+  while not (workdir / "checkpoints" / str(step)).exists():
+    assert proc.poll() is None and time.time() < deadline, f"run ended before step {step} was saved"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()

@@ -2,7 +2,8 @@
 
 Builds the model config, the abstract params and optimizer state with
 `jax.eval_shape` on a fake CPU mesh of the flag file's size, shards them by the
-rules, and prints bytes per device. The model config is the one a3-train builds
+rules, and prints bytes per device. Checks the grammar of --data and --eval_data
+(data.spec) without reading any data. The model config is the one a3-train builds
 (train.config.planned_config); an --init_from not reachable here is stood in by --preset.
 With --compile it also lowers and compiles the train step for that mesh and prints
 XLA's memory analysis (slow for big models).
@@ -74,12 +75,15 @@ def report(job, compile_step: bool) -> dict:
   from flax.linen import meta
 
   from a3_jax import sharding as shd
+  from a3_jax.data.spec import parse as parse_data
   from a3_jax.grouping import parse_curriculum
   from a3_jax.train.config import planned_config, validate_mesh
   from a3_jax.train.state import boxed_state, state_shardings
   from a3_jax.train.step import make_train_step
 
   curriculum = parse_curriculum(job.curriculum)
+  data = {name: [{"source": source.spec, "weight": weight} for source, weight in parse_data(spec)]
+          for name, spec in (("data", job.data), ("eval_data", job.eval_data)) if spec}
   stand_in, note = init_config(job)
   model_config = planned_config(job, stand_in)
   mesh = shd.make_mesh(job.mesh)
@@ -102,7 +106,7 @@ def report(job, compile_step: bool) -> dict:
            "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
            "param_bytes_per_device": per_device(abstract.params, shardings.params),
            "opt_state_bytes_per_device": per_device(abstract.opt_state, shardings.opt_state),
-           "stages": [s.name for s, _ in curriculum.stages],
+           "stages": [s.name for s, _ in curriculum.stages], **data,
            "global_batch_tokens": job.batch_size * job.seq_len}
     if compile_step:
       step = make_train_step(model_config, tc, curriculum, mesh, shardings)
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['preset']}: {result['params'] / 1e9:.2f}B params on {result['devices']} devices "
           f"{result['mesh']}: params {result['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
           f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device", file=sys.stderr)
+    for name in ("data", "eval_data"):
+      if name in result:
+        print(f"--{name}: " + ", ".join(f"{c['source']} ({c['weight']:.0%})" for c in result[name]),
+              file=sys.stderr)
     print(json.dumps(result))
   return 0
 

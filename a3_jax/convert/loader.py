@@ -148,10 +148,7 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
     config = read_config(spec)
     if shardings is not None or mesh is not None:
       shardings = _shardings_for(config, mesh, shardings)
-    params, config, tokenizer_path = export.load_export(path, shardings)
-    if param_dtype is not None and param_dtype != config.param_dtype:
-      config = config.replace(param_dtype=param_dtype)
-      params = jax.tree.map(lambda x: x.astype(config.weight_dtype), params)
+    params, config, tokenizer_path = export.load_export(path, shardings, param_dtype)
     return params, config, (None if tokenizer_path is None else load_tokenizer(tokenizer_path))
   source = open_checkpoint(spec)
   overrides = {} if param_dtype is None else {"param_dtype": param_dtype}

@@ -38,7 +38,7 @@ def example_source(spec: str) -> "ExampleSource":
   """The examples of a data spec 'sft:GLOB' (.jsonl files)."""
   if not spec.startswith(SCHEME) or not spec[len(SCHEME):]:
     raise UserError(f"data spec {spec!r}: expected 'sft:GLOB' (.jsonl files of examples)")
-  return ExampleSource(sources._glob(spec, spec[len(SCHEME):], (".jsonl",)))
+  return ExampleSource(sources.glob_files(spec, spec[len(SCHEME):], (".jsonl",)))
 
 
 class ExampleSource(Sequence[tuple[str, dict]]):

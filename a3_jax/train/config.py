@@ -100,9 +100,10 @@ class Job:
       "causal:360,ar:50,block:4:50,mix:ar=0.5,perm:4=0.5:240",
       "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
       "the last stage runs on past its steps")
-  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | "
-                     "tfds:NAME[:SPLIT] | sft:GLOB (.jsonl prompt/response or chat examples: "
-                     "fine-tuning, the prompt in group 0)")
+  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]"
+                     " | parquet:GLOB[#COLUMN] | jsonl:GLOB[#FIELD] | mix:SOURCE=W,SOURCE=W,..."
+                     " | sft:GLOB (.jsonl prompt/response or chat examples: fine-tuning, the "
+                     "prompt in group 0)")
   eval_data: str | None = _field(
       None, "validation source (default: the validation split of --data)")
   data_dir: str | None = _field(None, "tfds data directory (default: tfds' own)")

@@ -61,6 +61,13 @@ def validation(step: int, results: dict) -> None:
       for k, v in results.items() if k.startswith("nll")), flush=True)
 
 
+def mixture(step: int, shares: dict) -> None:
+  """The token shares of a --data=mix: so far, beside their weights (this host's rows)."""
+  print(f"step {step} data token shares " + ", ".join(
+      f"{spec} {s['share']:.3f} (weight {s['weight']:.3f})" for spec, s in shares.items()),
+        flush=True)
+
+
 def done(job: Job, seconds: float) -> None:
   """The last lines of a finished run: where its results are, and what to run next."""
   out = job.workdir.rstrip("/").split("/")[-1] or "run"

@@ -219,6 +219,12 @@ def _loop(r: _Run, state):
                              r.tc.objective, r.char_lengths, causal_step)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         console.validation(step + 1, last_eval)
+        if hasattr(r.data_iter, "realised_shares"):  # a --data=mix: (data.mixture)
+          shares = r.data_iter.realised_shares()
+          writer.write({"step": step + 1, "split": "data", "sources": list(shares),
+                        "weights": [s["weight"] for s in shares.values()],
+                        "token_shares": [s["share"] for s in shares.values()]})
+          console.mixture(step + 1, shares)
         tick = time.perf_counter()
       if save_now:
         ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),

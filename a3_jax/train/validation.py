@@ -67,7 +67,7 @@ def eval_source(data: str, eval_data: str | None) -> tuple[str, str]:
   of --data where it has one (shakespeare, tfds), else --data itself."""
   if eval_data:
     return eval_data, "train"
-  if data.startswith(("text:", "arrayrecord:", "sft:")):
+  if data.startswith(("text:", "arrayrecord:", "parquet:", "jsonl:", "mix:", "sft:")):
     print(f"warning: --data={data} has no validation split and --eval_data is unset: "
           "validation metrics are measured on training files", flush=True)
     return data, "train"
