@@ -300,3 +300,9 @@ def test_dry_run_and_flag_checks(examples):
   assert_one_line_error(run_main("a3_jax.cli.dry_run", "--preset=tiny", "--objective=mdm",
                                  "--curriculum=ar:10", f"--data=sft:{examples}"),
                         "a3-dry-run", "'mdm' has no prompt-conditioned loss")
+
+
+def test_examples_are_not_mixed_with_documents(examples):
+  with pytest.raises(UserError, match="cannot be mixed"):
+    pipeline.make_eval_batches(f"mix:sft:{examples}=0.5,shakespeare=0.5", TOKENIZER,
+                               seq_len=32, batch_size=1)
