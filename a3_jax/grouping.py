@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -157,9 +158,27 @@ class Curriculum:
   def stage_name(self, step: int) -> str:
     return self.stage(step).name
 
+  def steps_run(self, total_steps: int, start: int = 0) -> list[tuple[Strategy, int]]:
+    """(strategy, steps) of each stage within steps [start, total_steps) of a run (the
+    last stage runs on to total_steps)."""
+    out, begin = [], 0
+    for i, (strategy, steps) in enumerate(self.stages):
+      end = total_steps if i == len(self.stages) - 1 else min(total_steps, begin + steps)
+      out.append((strategy, max(0, end - max(begin, start))))
+      begin = end
+    return out
+
   @property
   def has_causal(self) -> bool:
     return any(s.kind == "causal" for s, _ in self.stages)
+
+
+def equal_curriculum(stages: Sequence[str], steps: int) -> str:
+  """The curriculum spec of `stages` in equal shares of `steps` (the last takes the
+  remainder), e.g. the paper's ('ar', 'block:2', 'block:4', 'perm:4', 'perm:8')."""
+  each = max(1, steps // len(stages))
+  counts = [each] * (len(stages) - 1) + [max(1, steps - each * (len(stages) - 1))]
+  return ",".join(f"{s}:{n}" for s, n in zip(stages, counts))
 
 
 def parse_curriculum(spec: str) -> Curriculum:

@@ -30,5 +30,5 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
   tokenizer = tokenizer_file(workdir)
   if fmt == "hf":
     return export_hf(out, params, config, tokenizer, dtype=dtype)
-  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"]}
+  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"], "step": step}
   return save_export(out, params, config, tokenizer, dtype=dtype, run_flags=flags_of_run)

@@ -71,9 +71,9 @@ def _job_of(path, monkeypatch):
 
 @pytest.mark.parametrize("path", PAPER, ids=os.path.basename)
 def test_dry_run_reports_the_config_a3_train_builds(path, tmp_path, monkeypatch):
-  from a3_jax.cli import dry_run
+  from a3_jax import aot
   job = dataclasses.replace(_job_of(path, monkeypatch), workdir=str(tmp_path))
-  stand_in, note = dry_run.init_config(job)
+  stand_in, note = aot.init_config(job)
   assert note and stand_in == PRESETS[job.preset]  # the cluster path is not here
   planned = train_config.planned_config(job, stand_in)
   # a3-train's own path, with the checkpoint's config and no weights

@@ -28,15 +28,9 @@ import sys
 
 from absl import flags
 
-from a3_jax import evaluate
-from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
-from a3_jax.data.text_file import read_texts
-from a3_jax.likelihood_report import (format_likelihood, likelihood_report, trained_mdm_shift,
-                                      window_and_context)
 from a3_jax.errors import UserError
-from a3_jax.tasks.fill import METHODS
-from a3_jax.tasks.run import TASKS
+from a3_jax.tasks import FILL_METHODS as METHODS, TASKS
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -68,13 +62,17 @@ flags.DEFINE_bool("mdm_shift", None, "--head=mdm: the model predicts token i + 1
                   "export's training flags", flag_values=F)
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
                   "group sizes 1, 2, 4, 8, 16 (table + PNG)", flag_values=F)
-flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG",
-                    flag_values=F)
+flags.DEFINE_string("curve_png", None, "where --curve writes its PNG (default: "
+                    "parallelism_curve.png in the export directory; for hf:/gguf: checkpoints "
+                    "in the current directory)", flag_values=F)
 flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)",
                   flag_values=F)
 flags.DEFINE_enum("task", None, TASKS, "a task of the paper's suite",
                     flag_values=F)
-flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]",
+flags.DEFINE_string("task_data", None, "the task's data, which you download: its published "
+                    "file (.jsonl/.json/.csv; PIQA and SIQA with the sibling "
+                    "<name>-labels.lst), the same records from the HF hub, or a prepared "
+                    "tfds:NAME[:SPLIT]; README 'Evaluation' lists the sources",
                     flag_values=F)
 flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task", flag_values=F)
 flags.DEFINE_enum("fill_method", None, METHODS, "generation tasks: how blanks are filled "
@@ -94,6 +92,7 @@ flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
 
 
 def groupings(head: str) -> list[str]:
+  from a3_jax import evaluate
   if head == "mdm":
     if F["grouping"].present:
       raise UserError("--head=mdm scores the ELBO, which has no grouping: drop --grouping")
@@ -146,9 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     if args:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
+    # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax.convert.loader import load_model
+    from a3_jax.data.text_file import read_texts
+    from a3_jax.likelihood_report import (curve_path, format_likelihood, likelihood_report,
+                                          trained_mdm_shift, window_and_context)
     if F.text_file:
       names = groupings(F.head)
       texts = read_texts(F.text_file)
+      png = curve_path(F.checkpoint, F.curve_png) if F.curve else None
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       window, context = window_and_context(F.checkpoint, config, F.window, F.context)
       out = likelihood_report(
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           context=context, batch_size=F.batch_size, seed=F.seed,
           elbo_samples=F.elbo_samples, mask_id=F.mask_id,
           mdm_shift=trained_mdm_shift(F.checkpoint, F.mdm_shift),
-          curve_png=F.curve_png if F.curve else None, progress=_progress)
+          curve_png=png, progress=_progress)
       text = format_likelihood(out)
     elif F.conditional:
       from a3_jax import conditional, marked

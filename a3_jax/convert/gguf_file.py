@@ -10,9 +10,8 @@ llama3 RoPE scaling is stored by llama.cpp as a `rope_freqs` tensor of per-frequ
 divisors; we recover the RopeScaling that produces them and refuse files whose
 divisors no llama3 scaling reproduces.
 
-The tokenizer is rebuilt from the GGUF metadata by transformers (the one
-maintained implementation of llama.cpp's vocabularies, merges and per-model
-pre-tokenizer rules) and kept as a `tokenizers` tokenizer.json.
+The tokenizer is rebuilt from the GGUF metadata with the `tokenizers` library
+(convert/gguf_tokenizer.py) and kept as a tokenizer.json.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import gguf
 import numpy as np
 
 from a3_jax.config import ModelConfig, RopeScaling
-from a3_jax.convert import hf_params
+from a3_jax.convert import gguf_tokenizer, hf_params
 from a3_jax.tokenizer import JsonTokenizer
 from a3_jax.errors import UserError
 
@@ -127,18 +126,11 @@ class GGUFFile:
     return w[(slice(None),) + tuple(index[1:])]
 
   def tokenizer(self) -> JsonTokenizer:
-    try:
-      from transformers import AutoTokenizer
-    except ImportError:
-      raise UserError("rebuilding a GGUF file's tokenizer needs transformers "
-                       "(pip install transformers)") from None
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(self.path)),
-                                        gguf_file=os.path.basename(self.path))
-    ids = {role: self._reader.fields.get(f"tokenizer.ggml.{key}")
-           for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
-                             ("pad", "padding_token_id"))}
-    ids = {role: None if f is None else int(f.contents()) for role, f in ids.items()}
-    return JsonTokenizer(tok.backend_tokenizer, ids["bos"], ids["eos"], ids["pad"],
+    prefix = "tokenizer.ggml."
+    fields = {k[len(prefix):]: f.contents() for k, f in self._reader.fields.items()
+              if k.startswith(prefix)}
+    tok, ids = gguf_tokenizer.build(fields)
+    return JsonTokenizer(tok, ids["bos"], ids["eos"], ids["pad"],
                          chat_template=self._meta.get("tokenizer.chat_template"))
 
 

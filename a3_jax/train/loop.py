@@ -25,14 +25,17 @@ from a3_jax.export import RUN_FLAGS, tokenizer_file
 from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum
 from a3_jax.metrics import MetricsWriter, read_metrics
+from a3_jax.progress import Progress
 from a3_jax.tokenizer import load_tokenizer, save_tokenizer, token_char_lengths
 from a3_jax.train import console
-from a3_jax.train.config import Job, TrainConfig, model_config_for, validate_mesh, validate_plan
+from a3_jax.train.config import (SCHEDULE_STEPS, Job, TrainConfig, model_config_for,
+                                 resumed_flags, schedule_steps, validate_mesh, validate_plan)
+from a3_jax.train.eta import RunClock
 from a3_jax.train.resume import resume
 from a3_jax.train.signals import Preemption
 from a3_jax.train.state import init_state, state_from_params, state_shardings
 from a3_jax.train.step import make_eval_step, make_train_step
-from a3_jax.train.validation import eval_source, evaluate
+from a3_jax.train.validation import EVAL_GROUPINGS, eval_source, evaluate
 
 
 def initial(job: Job, mesh):
@@ -42,16 +45,17 @@ def initial(job: Job, mesh):
   config, and the tokenizer the run saved in its workdir.
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
+  platform = shd.mesh_platform(mesh)  # None: the mesh in context
   if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
-    return model_config_for(job, None), load_tokenizer(saved_tokenizer), None
-  if job.init_from:
-    model_config = model_config_for(job, None)  # refuses bad overrides before any weight is read
+    return model_config_for(job, None, platform=platform), load_tokenizer(saved_tokenizer), None
+  if job.init_from:  # the config refuses bad overrides before any weight is read
+    model_config = model_config_for(job, None, platform=platform)
     params, _, tokenizer = load_pretrained(job.init_from, mesh=mesh)
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
   tokenizer = load_tokenizer(job.tokenizer)
-  return model_config_for(job, tokenizer.vocab_size), tokenizer, None
+  return model_config_for(job, tokenizer.vocab_size, platform=platform), tokenizer, None
 
 
 def run(job: Job) -> dict:
@@ -65,6 +69,9 @@ def run(job: Job) -> dict:
   curriculum = parse_curriculum(job.curriculum)
   mesh = shd.make_mesh(job.mesh)
   tc = job.train_config
+  laid_out = schedule_steps(resumed_flags(job.workdir))
+  if laid_out and laid_out != job.steps:  # resuming with another --steps
+    tc = dataclasses.replace(tc, total_steps=laid_out)
   model_config, tokenizer, pretrained = initial(job, mesh)
   validate_plan(job, model_config, curriculum)
   validate_mesh(job, mesh)
@@ -98,20 +105,23 @@ def run(job: Job) -> dict:
     if state is None:
       state = (state_from_params(pretrained, model_config, tc, mesh) if pretrained is not None
                else init_state(model_config, tc, jax.random.key(job.seed), mesh))
-    _write_run_files(job, model_config, tokenizer)
+    if laid_out and laid_out != job.steps:
+      console.warn(console.schedule_note(job, tc))
+    _write_run_files(job, tc, model_config, tokenizer)
     char_lengths = (token_char_lengths(tokenizer, model_config.vocab_size)
                     if tc.objective == "a3" and tc.count_first_group else None)
     return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
                       eval_batches, manager, resume_step, char_lengths), state)
 
 
-def _write_run_files(job: Job, model_config: ModelConfig, tokenizer) -> None:
+def _write_run_files(job: Job, tc: TrainConfig, model_config: ModelConfig, tokenizer) -> None:
   if jax.process_index():
     return
   run_dir = epath.Path(job.workdir)
   run_dir.mkdir(parents=True, exist_ok=True)
   (run_dir / "config.json").write_text(model_config.to_json())
-  (run_dir / RUN_FLAGS).write_text(json.dumps(dataclasses.asdict(job), indent=2) + "\n")
+  flags_json = {**dataclasses.asdict(job), SCHEDULE_STEPS: tc.total_steps}
+  (run_dir / RUN_FLAGS).write_text(json.dumps(flags_json, indent=2) + "\n")
   save_tokenizer(tokenizer, job.workdir)
 
 
@@ -166,7 +176,28 @@ def _loop(r: _Run, state):
   writer = MetricsWriter(job.workdir, r.resume_step, report=console.warn)
   preemption = Preemption()
   start = int(state.step)
-  console.banner(job, r.curriculum, r.model_config, state.params, start)
+
+  def validate(params, batches=r.eval_batches, progress=None):
+    return evaluate(eval_step, params, batches, eval_key, r.mesh, r.tc.objective,
+                    r.char_lengths, causal_step, progress)
+
+  # Start-up: compile the validation and time one batch of it, to price every validation.
+  first = time.perf_counter()
+  validate(state.params, r.eval_batches[:1])
+  second = time.perf_counter()
+  validate(state.params, r.eval_batches[:1])
+  batch_s = time.perf_counter() - second
+  validation_s = batch_s * len(r.eval_batches)
+  run_clock = RunClock(job, r.curriculum, r.model_config, start, validation_s,
+                       compile_guess=2 * max(second - first - batch_s, 0.0))
+  run_clock.calibrate(batch_s, (1 if r.tc.objective == "mdm" else len(EVAL_GROUPINGS))
+                      + (causal_step is not None))
+  expected = run_clock.remaining(start)
+  if expected is not None:
+    expected += time.perf_counter() - first  # this start-up's time too
+  validations = run_clock.validations(start)
+  console.banner(job, r.model_config, state.params, start,
+                 expected, validations, validation_s)
   skipped = 0
   last_saved = r.resume_step
   last_eval: dict = {}
@@ -197,10 +228,14 @@ def _loop(r: _Run, state):
     record = _record(r, step, metrics, tick, started)
     if job.skip_nonfinite:
       record["skipped_nonfinite"] = skipped
-    tick = time.perf_counter()
+    now = time.perf_counter()
+    compiled = run_clock.compile_s
+    run_clock.step_done(step, now - tick)
+    tick = now
     writer.write(record)
-    if (step + 1) % 10 == 0 or step == start:
-      console.progress(job, record, tick - started, step + 1 - start)
+    if (step + 1) % 10 == 0 or step == start or run_clock.compile_s != compiled:
+      console.progress(job, record, tick - started, run_clock.remaining(step + 1, True),
+                       run_clock.compile_s if run_clock.compile_s != compiled else None)
 
   try:
     for step in range(start, job.steps):
@@ -215,8 +250,12 @@ def _loop(r: _Run, state):
       if evaluate_now or save_now:
         flush()
       if evaluate_now:
-        last_eval = evaluate(eval_step, state.params, r.eval_batches, eval_key, r.mesh,
-                             r.tc.objective, r.char_lengths, causal_step)
+        began = time.perf_counter()
+        shown = run_clock.validation_s > 10  # a long validation shows its progress
+        last_eval = validate(state.params, progress=Progress(
+            f"step {step + 1} validation", print, unit="batch passes", every=0.25)
+            if shown and jax.process_index() == 0 else None)
+        run_clock.validation_done(time.perf_counter() - began)
         writer.write({"step": step + 1, "split": "validation", **last_eval})
         console.validation(step + 1, last_eval)
         if hasattr(r.data_iter, "realised_shares"):  # a --data=mix: (data.mixture)
@@ -240,5 +279,5 @@ def _loop(r: _Run, state):
     writer.close()
     preemption.restore()
   if jax.process_index() == 0 and int(state.step) == job.steps:
-    console.done(job, time.perf_counter() - started)
+    console.done(job, time.perf_counter() - first, expected)
   return last_eval
