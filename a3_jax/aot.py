@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import re
 
 import jax
@@ -30,9 +31,11 @@ def init_config(job):
   """(config of --init_from or None, note): a checkpoint not reachable from here (the
   paper's flag files name cluster paths) is stood in by --preset, and the note says so."""
   from a3_jax.config import get_preset
-  from a3_jax.convert.loader import read_config
+  from a3_jax.convert.loader import parse_spec, read_config
   if not job.init_from:
     return None, None
+  if os.path.exists(parse_spec(job.init_from)[1]):  # here, but unreadable: say so
+    return read_config(job.init_from), None
   try:
     return read_config(job.init_from), None
   except UserError as e:

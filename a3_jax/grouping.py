@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from a3_jax.config import finite_in
 from a3_jax.errors import UserError
 from a3_jax.roles import RESPONSE
 
@@ -84,9 +85,9 @@ def parse_strategy(spec: str) -> Strategy:
       w = float(weight) if sep else -1.0
     except ValueError:
       w = -1.0
-    if w <= 0:
+    if not (w > 0 and finite_in(w, "float32")):  # weights are float32 logits' exps
       raise UserError(f"mixture item {item!r} in {spec!r} needs a positive weight: "
-                       "write STRATEGY=WEIGHT")
+                       "write STRATEGY=WEIGHT, a finite WEIGHT > 0")
     strategy = _parse_simple(name)
     parts.append((strategy, w))
   return Strategy("mix", parts=tuple(parts))
@@ -209,6 +210,17 @@ def parse_curriculum(spec: str) -> Curriculum:
                 else parse_strategy(strategy_spec))
     stages.append((strategy, steps))
   return Curriculum(tuple(stages))
+
+
+def check_group_sizes(curriculum: Curriculum, seq_len: int) -> None:
+  """Refuses a stage whose groups hold a whole row: every token would be in the first
+  group, predicted from nothing (a unigram model)."""
+  for strategy, _ in curriculum.stages:
+    for part in [p for p, _ in strategy.parts] or [strategy]:
+      if part.kind in ("block", "perm") and part.k >= seq_len:
+        raise UserError(f"--curriculum stage {strategy.name!r}: groups of {part.k} tokens "
+                        f"cover a whole row of --seq_len={seq_len}, so every token would be "
+                        f"predicted from nothing; use group sizes below {seq_len}")
 
 
 def response_groups(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT,

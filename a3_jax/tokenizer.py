@@ -22,6 +22,7 @@ template lives there too (`chat_template`, or a `chat_template.jinja` file besid
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ import sentencepiece as spm
 import tokenizers
 from etils import epath
 
+from a3_jax.atomic_file import read_json_object, write_atomic
 from a3_jax.data.corpus import asset_path
 from a3_jax.errors import UserError
 
@@ -95,8 +97,7 @@ class JsonTokenizer:
     ids = dict(fallback_ids or {})
     sidecar = os.path.join(os.path.dirname(path), SIDECAR)
     if os.path.isfile(sidecar):
-      with open(sidecar) as f:
-        special = json.load(f)
+      special = read_json_object(sidecar)
       for role in _ROLES:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
@@ -117,15 +118,18 @@ class JsonTokenizer:
   def id_to_text(self, i: int) -> str:
     return self.tokenizer.id_to_token(int(i))
 
+  def __repr__(self) -> str:
+    return f"JsonTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
   def save(self, directory: str) -> str:
     """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""
     path = os.path.join(directory, "tokenizer.json")
-    epath.Path(path).write_text(self.tokenizer.to_str(pretty=True))
+    write_atomic(path, self.tokenizer.to_str(pretty=True))
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
                for role in _ROLES if getattr(self, f"{role}_id") >= 0}
     if self.chat_template:
       special["chat_template"] = self.chat_template
-    epath.Path(directory, SIDECAR).write_text(json.dumps(special, indent=2))
+    write_atomic(os.path.join(directory, SIDECAR), json.dumps(special, indent=2))
     return path
 
 
@@ -139,7 +143,7 @@ def save_tokenizer(tokenizer, directory: str) -> str:
     return tokenizer.save(directory)
   target = os.path.join(directory, "tokenizer.model")
   if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    epath.Path(target).write_bytes(epath.Path(tokenizer.path).read_bytes())  # gs:// too
+    write_atomic(target, epath.Path(tokenizer.path).read_bytes())  # gs:// too
   return target
 
 
@@ -172,6 +176,26 @@ class Tokenizer:
 
   def __repr__(self) -> str:
     return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def fingerprint(tokenizer) -> str:
+  """sha256 of what a tokenizer maps (its pieces and special ids), not of where it lives:
+  a copy elsewhere has the same fingerprint, another tokenizer of the same size does not."""
+  h = hashlib.sha256()
+  sp = getattr(tokenizer, "_sp", None)
+  h.update(sp.serialized_model_proto() if sp is not None
+           else tokenizer.tokenizer.to_str().encode("utf-8"))
+  h.update(f"{tokenizer.bos_id},{tokenizer.eos_id},{tokenizer.pad_id}".encode())
+  return h.hexdigest()
+
+
+def check_fits(tokenizer, vocab_size: int, model: str) -> None:
+  """A tokenizer whose ids the model has no embedding for is refused (its logits for
+  them do not exist: NaN likelihoods, out-of-range embedding lookups)."""
+  if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+    where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
+    raise UserError(f"tokenizer {where} has {tokenizer.vocab_size} ids but {model} has a "
+                    f"vocabulary of {vocab_size}; use the tokenizer it was trained with")
 
 
 def _first_id(value) -> int | None:

@@ -91,7 +91,7 @@ def test_overlong_examples_refused_or_truncated(tmp_path):
   path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "Q:", "response": " a b c d e f g h"}])
   prompt, response = expected_ids("Q:", " a b c d e f g h")
   seq_len = len(prompt) + len(response) - 2
-  with pytest.raises(UserError, match=r"long.jsonl, line at byte 0.*--seq_len"):
+  with pytest.raises(UserError, match=r"long.jsonl, line 1: .*--seq_len"):
     pipeline.make_eval_batches(f"sft:{path}", TOKENIZER, seq_len=seq_len, batch_size=1)
   (row,) = pipeline.make_eval_batches(f"sft:{path}", TOKENIZER, seq_len=seq_len, batch_size=1,
                                       overlong="truncate")
@@ -109,8 +109,7 @@ def test_overlong_examples_refused_or_truncated(tmp_path):
      "has no chat template")])
 def test_bad_records_name_the_line(tmp_path, record, message):
   path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "response": "b"}, record])
-  first = len(json.dumps({"prompt": "a", "response": "b"})) + 1
-  with pytest.raises(UserError, match=f"bad.jsonl, line at byte {first}.*{message}"):
+  with pytest.raises(UserError, match=f"bad.jsonl, line 2: .*{message}"):
     pipeline.make_eval_batches(f"sft:{path}", TOKENIZER, seq_len=32, batch_size=1)
 
 

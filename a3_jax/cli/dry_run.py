@@ -24,7 +24,6 @@ and the run's wall time at --mfu. A plan that does not fit exits 2 in one line.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import flags

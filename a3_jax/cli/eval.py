@@ -28,6 +28,7 @@ import sys
 
 from absl import flags
 
+from a3_jax import rundir
 from a3_jax.cli import common as cli
 from a3_jax.errors import UserError
 from a3_jax.tasks import FILL_METHODS as METHODS, TASKS
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
       names = groupings(F.head)
       texts = read_texts(F.text_file)
       png = curve_path(F.checkpoint, F.curve_png) if F.curve else None
+      if png:  # a PNG that cannot be written fails before any work
+        rundir.check_out_file(png, "--curve_png")
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       window, context = window_and_context(F.checkpoint, config, F.window, F.context)
       out = likelihood_report(

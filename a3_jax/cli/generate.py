@@ -62,7 +62,7 @@ flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group", flag_va
 flags.DEFINE_enum("order", "l2r", ORDERS, "group and speculative decoders: the order of the "
                   "groups", flag_values=F)
 flags.DEFINE_integer("draft_size", 4, "speculative decoder: tokens drafted and verified per "
-                     "call", flag_values=F)
+                     "call (capped at the prompt's blanks)", flag_values=F)
 flags.DEFINE_string("length_prior", "uniform", "<blank:MIN-MAX>: log prior over its lengths, "
                     "uniform | poisson:MEAN", flag_values=F)
 flags.DEFINE_enum("criterion", "confidence", CRITERIA,

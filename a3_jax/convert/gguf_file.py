@@ -16,6 +16,7 @@ The tokenizer is rebuilt from the GGUF metadata with the `tokenizers` library
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -77,6 +78,9 @@ class GGUFFile:
     if missing:
       raise UserError(f"GGUF file {self.path} lacks metadata {missing}")
     d, heads = int(self._get("embedding_length")), int(self._get("attention.head_count"))
+    if heads < 1 or d < 1:
+      raise UserError(f"GGUF file {self.path}: llama.attention.head_count ({heads}) and "
+                      f"llama.embedding_length ({d}) must be >= 1")
     head_dim = int(self._get("attention.key_length", d // heads))
     if int(self._get("rope.dimension_count", head_dim)) != head_dim:
       raise UserError("unsupported GGUF: partial rotary embeddings "
@@ -163,8 +167,9 @@ def llama3_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int
   if medium.sum() >= 2:
     smooth = (1 / factors[medium] - 1 / factor) / (1 - 1 / factor)  # = a / wavelen - b
     a, minus_b = np.polyfit(1 / wavelen[medium], smooth, 1)
-    candidates.insert(0, RopeScaling(factor, 1.0, round(float(1 - 1 / minus_b), 6),
-                                     int(round(-a / minus_b))))
+    with contextlib.suppress(UserError, ValueError, OverflowError):  # no llama3 fit
+      candidates.insert(0, RopeScaling(factor, 1.0, round(float(1 - 1 / minus_b), 6),
+                                       int(round(-a / minus_b))))
   for scaling in candidates:
     if np.allclose(_factors(scaling, theta, head_dim), factors, rtol=1e-4):
       return scaling

@@ -24,7 +24,7 @@ from flax.linen import meta
 from a3_jax import export
 from a3_jax.config import ModelConfig
 from a3_jax.convert import hf_params
-from a3_jax.tokenizer import load_tokenizer
+from a3_jax.tokenizer import check_fits, load_tokenizer
 from a3_jax.model import init_params
 from a3_jax.errors import UserError
 
@@ -167,12 +167,15 @@ def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings:
     if shardings is not None or mesh is not None:
       shardings = _shardings_for(config, mesh, shardings)
     params, config, tokenizer_path = export.load_export(path, shardings, param_dtype)
-    return params, config, (None if tokenizer_path is None else load_tokenizer(tokenizer_path))
+    tokenizer = None if tokenizer_path is None else load_tokenizer(tokenizer_path)
+    check_fits(tokenizer, config.vocab_size, f"model {spec}")
+    return params, config, tokenizer
   source = open_checkpoint(spec)
   overrides = {} if param_dtype is None else {"param_dtype": param_dtype}
   config = hf_params.config_from_hf(source.hf_config, **overrides)
   hf_params.check_shapes(source.shape, config)
   tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
+  check_fits(tokenizer, config.vocab_size, f"model {spec}")
   shardings = _shardings_for(config, mesh, shardings)
   return _load_source(source, config, shardings, progress), config, tokenizer
 
@@ -196,4 +199,5 @@ def load_model(spec: str, tokenizer_path: str | None = None):
     tokenizer = load_tokenizer(tokenizer_path)
   if tokenizer is None:
     raise UserError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
+  check_fits(tokenizer, config.vocab_size, f"model {spec}")
   return params, config, tokenizer

@@ -68,8 +68,20 @@ def _encode_document(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
 
 def _tokenized(documents: grain.MapDataset | grain.IterDataset, tokenizer: Tokenizer):
   if tokenizer.eos_id < 0:
-    raise UserError(f"{tokenizer} has no EOS id, which ends every document")
+    where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
+    raise UserError(f"tokenizer {where} has no EOS token, which ends every document "
+                    "(a tokenizer.json names it as eos_token in tokenizer_config.json beside it)")
   return documents.map(functools.partial(_encode_document, tokenizer))
+
+
+def check_first_documents(source, tokenizer: Tokenizer) -> None:
+  """Reads and tokenizes the first document of every file of a random-access `source`
+  (one of other sources), so that a wrong format is refused before a run writes
+  anything; a bad record later on surfaces when the pipeline reaches it, naming its
+  file and line."""
+  first = getattr(source, "first_documents", lambda: [0] if len(source) else [])
+  for index in first():
+    _encode_with_eos(tokenizer, source[index])
 
 
 def _packed_rows(ids: grain.MapDataset | grain.IterDataset, seq_len: int) -> grain.IterDataset:
@@ -138,7 +150,8 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
   mixture = _parsed(source_spec)
   # Source i draws its orders from seed + i: a single source's stream is the same
   # as before mixtures existed.
-  rows = [_rows(source, _train_documents(source, seed + i, index, count, split, data_dir),
+  rows = [_rows(source, _train_documents(source, seed + i, index, count, split, data_dir,
+                                         tokenizer),
                 tokenizer, seq_len, overlong, bins=batch_size, seed=seed)
           for i, (source, _) in enumerate(mixture)]
   rows = grain.experimental.WindowShuffleIterDataset(
@@ -152,11 +165,18 @@ def make_train_iterator(source_spec: str, tokenizer: Tokenizer, *, seq_len: int,
 
 
 def _train_documents(source: Source, seed: int, index: int, count: int, split: str,
-                     data_dir: str | None) -> grain.MapDataset | grain.IterDataset:
-  """Host `index`'s endless documents of one source, each epoch in a new order."""
+                     data_dir: str | None, tokenizer: Tokenizer
+                     ) -> grain.MapDataset | grain.IterDataset:
+  """Host `index`'s endless documents of one source, each epoch in a new order (the
+  first document of each of its files read and tokenized here, before any write)."""
   if source.streamed:
     return streams.train_documents(source, seed, index, count)
-  documents = _ordered_documents(source, split, data_dir)
+  documents = _random_access(source, split, data_dir)
+  if source.scheme == "sft":
+    sft.check_first_example(documents, tokenizer)
+  else:
+    check_first_documents(documents, tokenizer)
+  documents = grain.MapDataset.source(documents)
   host_documents = documents[index::count]
   if not len(host_documents):
     raise UserError(f"source {source.spec!r} has {len(documents)} documents, too few for "
@@ -175,11 +195,16 @@ def _parsed(source_spec: str):
 
 def _ordered_documents(source: Source, split: str, data_dir: str | None):
   """Every document (or fine-tuning example) of one source once, in order."""
-  if source.scheme == "sft":
-    return grain.MapDataset.source(sft.example_source(source.spec))
   if source.streamed:
     return streams.ordered_documents(source)
-  return grain.MapDataset.source(make_source(source.spec, split=split, data_dir=data_dir))
+  return grain.MapDataset.source(_random_access(source, split, data_dir))
+
+
+def _random_access(source: Source, split: str, data_dir: str | None):
+  """The documents (sources.make_source) or fine-tuning examples (`sft:`) of a source."""
+  if source.scheme == "sft":
+    return sft.example_source(source.spec)
+  return make_source(source.spec, split=split, data_dir=data_dir)
 
 
 def make_eval_batches(source_spec: str, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,

@@ -59,11 +59,12 @@ class ExampleSource(Sequence[tuple[str, dict]]):
       raise IndexError(f"example {index} of {len(self)}")  # Also ends plain iteration.
     file_index = int(np.searchsorted(self._ends, index, side="right"))
     line_index = int(index) - (int(self._ends[file_index - 1]) if file_index else 0)
-    path, offset = self._paths[file_index], self._offsets[file_index][line_index]
+    path = self._paths[file_index]
+    offset, number = self._offsets[file_index][line_index]
     with open(path, "rb") as f:
-      f.seek(offset)
+      f.seek(int(offset))
       line = f.readline()
-    where = f"{path}, line at byte {offset}"
+    where = f"{path}, line {number}"
     return where, parse_record(line, where)
 
   def __repr__(self) -> str:
@@ -93,6 +94,14 @@ def example_ids(tokenizer, record: dict, where: str) -> tuple[list[int], list[in
   if tokenizer.eos_id < 0:
     raise UserError(f"{tokenizer} has no EOS id, which ends every response")
   return tokenizer.encode(record["prompt"]), tokenizer.encode(record["response"]) + [tokenizer.eos_id]
+
+
+def check_first_example(source: "ExampleSource", tokenizer) -> None:
+  """Reads and tokenizes the first example, so that a wrong format is refused before a
+  run writes anything (a bad record later names its file and line when reached)."""
+  if len(source):
+    where, record = source[0]
+    example_ids(tokenizer, record, where)
 
 
 def encode_example(tokenizer, seq_len: int, overlong: str, item: tuple[str, dict]):

@@ -71,14 +71,15 @@ def _record_text(record: bytes | str, where: str) -> str:
 
 
 def _line_offsets(path: str) -> np.ndarray:
-  """Byte offsets [num_documents] of the non-blank lines of a .jsonl file."""
+  """[num_documents, 2]: byte offset and line number (from 1) of each non-blank line
+  of a .jsonl file."""
   offsets, position = [], 0
   with open(path, "rb") as f:
-    for line in f:
+    for number, line in enumerate(f, start=1):
       if line.strip():
-        offsets.append(position)
+        offsets.append((position, number))
       position += len(line)
-  return np.asarray(offsets, np.int64)
+  return np.asarray(offsets, np.int64).reshape(-1, 2)
 
 
 class _DocumentSource(Sequence[str]):
@@ -92,6 +93,10 @@ class _DocumentSource(Sequence[str]):
   @abc.abstractmethod
   def _document(self, index: int) -> str:
     """Document `index`, already known to be in range."""
+
+  def first_documents(self) -> list[int]:
+    """Indices of the first document of each file (read before a run writes anything)."""
+    return [0] if len(self) else []
 
 
 class TextFileSource(_DocumentSource):
@@ -115,11 +120,15 @@ class TextFileSource(_DocumentSource):
           return f.read()
       except UnicodeDecodeError as e:
         raise UserError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
-    line_index = index - (int(self._ends[file_index - 1]) if file_index else 0)
+    offset, number = offsets[index - (int(self._ends[file_index - 1]) if file_index else 0)]
     with open(path, "rb") as f:
-      f.seek(offsets[line_index])
+      f.seek(offset)
       line = f.readline()
-    return json_text(line, f"{path}, line at byte {offsets[line_index]}")
+    return json_text(line, f"{path}, line {number}")
+
+  def first_documents(self) -> list[int]:
+    starts = np.concatenate([[0], self._ends[:-1]])
+    return [int(s) for s, e in zip(starts, self._ends) if e > s]
 
   def __repr__(self) -> str:
     return f"TextFileSource({len(self._paths)} files, {len(self)} documents)"

@@ -17,11 +17,12 @@ from absl import flags
 
 from a3_jax import cpu_tuning
 from a3_jax import sharding as shd
-from a3_jax.config import PRESETS, ModelConfig, get_preset, resolve
+from a3_jax.checkpoint import CHANGEABLE
+from a3_jax.config import PRESETS, ModelConfig, finite_in, get_preset, resolve
 from a3_jax.convert.loader import read_config
 from a3_jax.data.sft import OVERLONG, SCHEME as SFT_SCHEME
 from a3_jax.errors import UserError
-from a3_jax.grouping import parse_curriculum
+from a3_jax.grouping import check_group_sizes, parse_curriculum
 from a3_jax.tokenizer import load_tokenizer
 
 OBJECTIVES = ("a3", "ar", "mdm")
@@ -50,6 +51,9 @@ def _check_fields(config) -> None:
       continue
     if isinstance(value, float) and not (math.isfinite(value) and _BOUNDS[bound](value)):
       raise UserError(f"--{flag} must be a finite number {bound}, got {value}")
+    if isinstance(value, float) and not finite_in(value, "float32"):  # what optax computes in
+      raise UserError(f"--{flag} must be a finite number {bound}, got {value} (infinite in "
+                      "float32)")
     if isinstance(value, int) and not _BOUNDS[bound](value):
       raise UserError(f"--{flag} must be {bound}, got {value}")
 
@@ -140,12 +144,23 @@ class Job:
       flag="model")
   train: TrainConfig = TrainConfig()
   worker_count: int = _field(0, "grain worker processes for tokenization", bound=">= 0")
+  allow_change: str = _field(
+      "", "run settings a resume may change on purpose, comma separated: "
+      f"{', '.join(CHANGEABLE)} (the data stream then starts afresh; never the tokenizer)")
   skip_nonfinite: bool = _field(
       False, "skip a batch whose loss or gradient norm is not finite (counted in metrics as "
       "skipped_nonfinite) instead of stopping the run")
 
   def __post_init__(self):
     _check_fields(self)
+    unknown = sorted(set(self.allowed_changes) - set(CHANGEABLE))
+    if unknown:
+      raise UserError(f"--allow_change={self.allow_change}: {unknown[0]!r} is not one of "
+                      f"{list(CHANGEABLE)}")
+
+  @property
+  def allowed_changes(self) -> tuple[str, ...]:
+    return tuple(s.strip() for s in self.allow_change.split(",") if s.strip())
 
   @property
   def train_config(self) -> TrainConfig:
@@ -256,6 +271,7 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
   if job.seq_len > model_config.max_seq_len:
     raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                     f"({model_config.max_seq_len})")
+  check_group_sizes(curriculum, job.seq_len)
   if curriculum.has_causal and job.train.objective != "a3":
     raise UserError(f"a 'causal' curriculum stage belongs to objective 'a3' (it trains the "
                     f"content stream before the A3 stages); objective "

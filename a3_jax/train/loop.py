@@ -17,6 +17,7 @@ from etils import epath
 from a3_jax import checkpoint as ckpt
 from a3_jax import rundir
 from a3_jax import sharding as shd
+from a3_jax.atomic_file import write_atomic
 from a3_jax.config import ModelConfig
 from a3_jax.convert.loader import load_pretrained
 from a3_jax.data.pipeline import make_eval_batches, make_train_iterator
@@ -26,7 +27,8 @@ from a3_jax.flops import mfu_report
 from a3_jax.grouping import parse_curriculum
 from a3_jax.metrics import MetricsWriter, read_metrics
 from a3_jax.progress import Progress
-from a3_jax.tokenizer import load_tokenizer, save_tokenizer, token_char_lengths
+from a3_jax.tokenizer import (check_fits, fingerprint, load_tokenizer, save_tokenizer,
+                               token_char_lengths)
 from a3_jax.train import console
 from a3_jax.train.config import (SCHEDULE_STEPS, Job, TrainConfig, model_config_for,
                                  resumed_flags, schedule_steps, validate_mesh, validate_plan)
@@ -46,7 +48,8 @@ def initial(job: Job, mesh):
   """
   saved_tokenizer = job.tokenizer or tokenizer_file(job.workdir)
   platform = shd.mesh_platform(mesh)  # None: the mesh in context
-  if job.init_from and saved_tokenizer and ckpt.has_checkpoint(job.workdir):
+  resuming = ckpt.has_checkpoint(job.workdir)
+  if job.init_from and saved_tokenizer and resuming:
     return model_config_for(job, None, platform=platform), load_tokenizer(saved_tokenizer), None
   if job.init_from:  # the config refuses bad overrides before any weight is read
     model_config = model_config_for(job, None, platform=platform)
@@ -54,7 +57,8 @@ def initial(job: Job, mesh):
     if job.tokenizer:
       tokenizer = load_tokenizer(job.tokenizer)
     return model_config, tokenizer, params
-  tokenizer = load_tokenizer(job.tokenizer)
+  # A resume without --tokenizer trains on the tokenizer the run saved, not the default.
+  tokenizer = load_tokenizer(saved_tokenizer if resuming else job.tokenizer)
   return model_config_for(job, tokenizer.vocab_size, platform=platform), tokenizer, None
 
 
@@ -73,11 +77,11 @@ def run(job: Job) -> dict:
   if laid_out and laid_out != job.steps:  # resuming with another --steps
     tc = dataclasses.replace(tc, total_steps=laid_out)
   model_config, tokenizer, pretrained = initial(job, mesh)
+  if tokenizer is None:  # an export saved without one
+    raise UserError(f"--init_from={job.init_from} holds no tokenizer file: pass --tokenizer")
   validate_plan(job, model_config, curriculum)
   validate_mesh(job, mesh)
-  if tokenizer.vocab_size > model_config.vocab_size:
-    raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model only "
-                    f"{model_config.vocab_size}")
+  check_fits(tokenizer, model_config.vocab_size, "the model")
 
   local_batch = job.batch_size // jax.process_count()
   data_iter = make_train_iterator(job.data, tokenizer, seq_len=job.seq_len,
@@ -94,7 +98,9 @@ def run(job: Job) -> dict:
 
   with rundir.locked(job.workdir, enabled=jax.process_index() == 0), jax.set_mesh(mesh):
     shardings = state_shardings(model_config, tc, mesh)
-    manager, resume_step, state = resume(job, tc, mesh, model_config, shardings, data_iter)
+    tokenizer_id = fingerprint(tokenizer)
+    manager, resume_step, state = resume(job, tc, mesh, model_config, shardings, data_iter,
+                                         tokenizer_id)
     if resume_step is not None and resume_step >= job.steps:
       manager.close()
       print(f"{job.workdir} already holds the checkpoint of step {resume_step} "
@@ -111,7 +117,7 @@ def run(job: Job) -> dict:
     char_lengths = (token_char_lengths(tokenizer, model_config.vocab_size)
                     if tc.objective == "a3" and tc.count_first_group else None)
     return _loop(_Run(job, tc, curriculum, mesh, model_config, shardings, data_iter,
-                      eval_batches, manager, resume_step, char_lengths), state)
+                      eval_batches, manager, resume_step, tokenizer_id, char_lengths), state)
 
 
 def _write_run_files(job: Job, tc: TrainConfig, model_config: ModelConfig, tokenizer) -> None:
@@ -119,16 +125,18 @@ def _write_run_files(job: Job, tc: TrainConfig, model_config: ModelConfig, token
     return
   run_dir = epath.Path(job.workdir)
   run_dir.mkdir(parents=True, exist_ok=True)
-  (run_dir / "config.json").write_text(model_config.to_json())
+  write_atomic(run_dir / "config.json", model_config.to_json())
   flags_json = {**dataclasses.asdict(job), SCHEDULE_STEPS: tc.total_steps}
-  (run_dir / RUN_FLAGS).write_text(json.dumps(flags_json, indent=2) + "\n")
+  write_atomic(run_dir / RUN_FLAGS, json.dumps(flags_json, indent=2) + "\n")
   save_tokenizer(tokenizer, job.workdir)
 
 
-def _meta(job: Job, model_config: ModelConfig) -> dict:
+def _meta(job: Job, model_config: ModelConfig, tokenizer_id: str) -> dict:
+  """What a checkpoint records of its run; a resume must agree on the keys of
+  checkpoint.RESUME_FLAGS (`tokenizer`: its fingerprint)."""
   return {"model_config": model_config.to_dict(), "curriculum": job.curriculum,
           "data": job.data, "seq_len": job.seq_len, "batch_size": job.batch_size,
-          "seed": job.seed, "objective": job.train.objective}
+          "seed": job.seed, "objective": job.train.objective, "tokenizer": tokenizer_id}
 
 
 @dataclasses.dataclass
@@ -145,6 +153,7 @@ class _Run:
   eval_batches: list
   manager: Any
   resume_step: int | None
+  tokenizer_id: str  # tokenizer.fingerprint: a resume must use the same tokenizer
   char_lengths: Any = None  # [V] characters per token id: validation NLL per character
 
 
@@ -208,13 +217,14 @@ def _loop(r: _Run, state):
     nonlocal skipped
     if not job.skip_nonfinite:
       raise UserError(
-          f"step {step + 1}: non-finite loss or gradient norm (loss {float(metrics['loss']):.4g}"
-          f", grad norm {float(metrics['grad_norm']):.4g}); the update was not applied and "
+          f"step {step + 1}: non-finite loss, gradient norm or updated params (loss "
+          f"{float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g}); the "
+          "update was not applied and "
           f"the run stops (last checkpoint: step {last_saved or 'none'}); lower --lr, or "
           "pass --skip_nonfinite to skip such batches")
     skipped += 1
-    console.warn(f"step {step + 1}: non-finite loss or gradient norm, batch skipped "
-                 f"({skipped} so far)")
+    console.warn(f"step {step + 1}: non-finite loss, gradient norm or updated params, batch "
+                 f"skipped ({skipped} so far)")
 
   def flush():
     nonlocal pending, tick
@@ -266,18 +276,19 @@ def _loop(r: _Run, state):
           console.mixture(step + 1, shares)
         tick = time.perf_counter()
       if save_now:
-        ckpt.save(r.manager, step + 1, state, r.data_iter, _meta(job, r.model_config),
-                  force=True)
+        ckpt.save(r.manager, step + 1, state, r.data_iter,
+                  _meta(job, r.model_config, r.tokenizer_id), force=True)
         last_saved = step + 1
       if preempted:
         print(f"{preemption.signal_name}: saved step {step + 1}, exiting", flush=True)
         break
     flush()
   finally:
-    r.manager.wait_until_finished()
-    r.manager.close()
-    writer.close()
-    preemption.restore()
+    try:
+      ckpt.finish(r.manager)
+    finally:
+      writer.close()
+      preemption.restore()
   if jax.process_index() == 0 and int(state.step) == job.steps:
     console.done(job, time.perf_counter() - first, expected)
   return last_eval

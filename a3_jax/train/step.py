@@ -126,7 +126,7 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   keep both branches' residuals. `run.program(causal)` is the jitted program (AOT
   lowering); `run.jitted` the A3 (or the objective's only) one.
 
-  A step whose loss or gradient norm is not finite keeps the old params and
+  A step whose loss, gradient norm or updated params are not finite keeps the old params and
   optimizer state (a select inside the step: no extra host sync) and reports
   metrics['nonfinite'] = 1; the step counter advances either way.
   """
@@ -145,7 +145,9 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)
     loss, grad_norm = (stats["nll"] + stats["z"]) / count, optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The updated params too (an lr or update that overflows): still one flag, no host sync.
+    params_finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
     keep = lambda new, old: jnp.where(finite, new, old)
     params = jax.tree.map(keep, params, state.params)
     opt_state = jax.tree.map(keep, opt_state, state.opt_state)
