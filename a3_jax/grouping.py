@@ -16,6 +16,13 @@ curriculum stage may also be
   causal      the content stream trained as a causal LM (the AR model the paper
               adapts from; one stream, so about half the cost of an A3 step);
               groups = pos. A stage, not a grouping: it has no query stream to score.
+
+Fine-tuning rows (a `roles` feature, a3_jax/roles.py) are grouped by
+`response_groups`: every prompt token is group 0 of its example, and the
+strategy groups the response alone (its tokens ranked 0, 1, ... in position
+order, as if the response were the whole document), from group 1. `given_rate`
+puts each response token in group 0 as well with that probability (infilling-
+style conditioning on a random subset); group-0 tokens are never scored.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from a3_jax.config import finite_in
 from a3_jax.errors import UserError
+from a3_jax.roles import RESPONSE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +223,39 @@ def check_group_sizes(curriculum: Curriculum, seq_len: int) -> None:
                         f"predicted from nothing; use group sizes below {seq_len}")
 
 
-def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT):
-  """Group ids of the given (traced) stage; one compiled program for all stages."""
-  branches = [lambda key, seg, pos, s=s: sample_groups(s, key, seg, pos)
+def response_groups(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT,
+                    given_rate: float = 0.0):
+  """Group ids [B, T]: prompt tokens (and, with probability given_rate each, response
+  tokens) in group 0; the other response tokens grouped by `strategy` over themselves
+  alone, from group 1 (see the module docstring). Rows are packed: a segment's tokens
+  are contiguous and its positions count from 0."""
+  strategy_key, given_key = jax.random.split(key)
+  target_BxT = jnp.asarray(roles_BxT) == RESPONSE
+  if given_rate > 0:
+    target_BxT &= jax.random.uniform(given_key, target_BxT.shape) >= given_rate
+  # rank = targets before this token in its segment (which starts pos tokens earlier).
+  before_BxT = jnp.cumsum(target_BxT, axis=1, dtype=jnp.int32) - target_BxT
+  start_BxT = jnp.maximum(jnp.arange(target_BxT.shape[1]) - jnp.asarray(pos_BxT, jnp.int32), 0)
+  rank_BxT = before_BxT - jnp.take_along_axis(before_BxT, start_BxT, axis=1)
+  target_seg_BxT = jnp.where(target_BxT, jnp.asarray(seg_BxT, jnp.int32), 0)
+  groups_BxT = sample_groups(strategy, strategy_key, target_seg_BxT, rank_BxT)
+  return jnp.where(target_BxT, groups_BxT + 1, 0)
+
+
+def batch_groups_of(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT=None,
+                    given_rate: float = 0.0):
+  """Group ids of a batch: sample_groups, or on fine-tuning rows (roles given)
+  response_groups."""
+  if roles_BxT is None:
+    return sample_groups(strategy, key, seg_BxT, pos_BxT)
+  return response_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT, given_rate)
+
+
+def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT, roles_BxT=None,
+                 given_rate: float = 0.0):
+  """Group ids of the given (traced) stage; one compiled program for all stages.
+  With roles (fine-tuning rows), the response groups of each stage's strategy."""
+  branches = [lambda key, seg, pos, s=s: batch_groups_of(s, key, seg, pos, roles_BxT, given_rate)
               for s, _ in curriculum.stages]
   if len(branches) == 1:
     return branches[0](key, seg_BxT, pos_BxT)

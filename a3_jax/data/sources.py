@@ -36,14 +36,19 @@ from a3_jax.data.spec import parse_source
 from a3_jax.errors import UserError
 
 
-def json_text(line: bytes | str, where: str, field: str = "text") -> str:
-  """The string `field` of one JSON object."""
+def json_value(line: bytes | str, where: str):
+  """One line of JSON, parsed; a UserError naming `where` if it is not JSON or UTF-8."""
   try:
-    document = json.loads(line)
+    return json.loads(line)
   except json.JSONDecodeError as e:
     raise UserError(f"{where}: not JSON ({e})") from None
   except UnicodeDecodeError as e:
     raise UserError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def json_text(line: bytes | str, where: str, field: str = "text") -> str:
+  """The string `field` of one JSON object."""
+  document = json_value(line, where)
   if not isinstance(document, dict) or not isinstance(document.get(field), str):
     raise UserError(f"{where}: expected a JSON object with a string {field!r} field")
   return document[field]

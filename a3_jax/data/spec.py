@@ -1,6 +1,7 @@
 """The grammar of a data spec (`--data`, `--eval_data`), checked without reading data.
 
-    SOURCE                      one source (the schemes of `sources` and `streams`)
+    SOURCE                      one source (the schemes of `sources` and `streams`, and
+                                `sft:GLOB`: fine-tuning examples, data/sft.py, alone)
     mix:SOURCE=W,SOURCE=W,...   a weighted mixture: W > 0, normalised to sum to 1;
                                 the weights are shares of training tokens
 
@@ -19,7 +20,7 @@ import math
 from a3_jax.errors import UserError
 
 SCHEMES = ("shakespeare", "text:GLOB", "arrayrecord:GLOB", "tfds:NAME[:SPLIT]",
-           "parquet:GLOB[#COLUMN]", "jsonl:GLOB[#FIELD]")
+           "parquet:GLOB[#COLUMN]", "jsonl:GLOB[#FIELD]", "sft:GLOB")
 MIX = "mix:SOURCE=WEIGHT,SOURCE=WEIGHT,..."
 STREAMED = ("parquet", "jsonl")  # read file by file (data.streams), not by random access
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")

@@ -20,6 +20,7 @@ from a3_jax import sharding as shd
 from a3_jax.checkpoint import CHANGEABLE
 from a3_jax.config import PRESETS, ModelConfig, finite_in, get_preset, resolve
 from a3_jax.convert.loader import read_config
+from a3_jax.data.sft import OVERLONG, SCHEME as SFT_SCHEME
 from a3_jax.errors import UserError
 from a3_jax.grouping import check_group_sizes, parse_curriculum
 from a3_jax.tokenizer import load_tokenizer
@@ -87,6 +88,9 @@ class TrainConfig:
                            "(DiffuLLaMA's shift, for adapting a causal model)")
   mdm_anneal_steps: int = _field(0, "--objective=mdm: steps over which attention is annealed "
                                  "from causal to full (0 = full from the start)", bound=">= 0")
+  sft_given_rate: float = _field(
+      0.0, "--data=sft:GLOB: each response token also joins the prompt in group 0 (given, "
+      "not scored) with this probability: infilling-style conditioning", bound="in [0, 1)")
 
   def __post_init__(self):
     _check_fields(self)
@@ -114,10 +118,15 @@ class Job:
       "stages ar, block:2, block:4, perm:4, perm:8 in equal shares of --steps; with "
       "--objective=ar|mdm ar:STEPS")
   data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]"
-                     " | parquet:GLOB[#COLUMN] | jsonl:GLOB[#FIELD] | mix:SOURCE=W,SOURCE=W,...")
+                     " | parquet:GLOB[#COLUMN] | jsonl:GLOB[#FIELD] | mix:SOURCE=W,SOURCE=W,..."
+                     " | sft:GLOB (.jsonl prompt/response or chat examples: fine-tuning, the "
+                     "prompt in group 0)")
   eval_data: str | None = _field(
       None, "validation source (default: the validation split of --data)")
   data_dir: str | None = _field(None, "tfds data directory (default: tfds' own)")
+  sft_overlong: str = _field("refuse", "--data=sft:GLOB: an example longer than --seq_len is "
+                             "refused (naming file and line) or truncated (its response's end)",
+                             choices=OVERLONG)
   tokenizer: str | None = _field(
       None, "a sentencepiece .model or HF tokenizer.json (with tokenizer_config.json "
       "beside it naming bos/eos/pad) (default: the embedded one; with --init_from, "
@@ -267,6 +276,12 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
     raise UserError(f"a 'causal' curriculum stage belongs to objective 'a3' (it trains the "
                     f"content stream before the A3 stages); objective "
                     f"{job.train.objective!r} has one objective throughout")
+  sft = job.data.startswith(SFT_SCHEME)
+  if job.train.sft_given_rate and not sft:
+    raise UserError("--sft_given_rate applies to fine-tuning data (--data=sft:GLOB)")
+  if job.train.objective == "mdm" and (sft or (job.eval_data or "").startswith(SFT_SCHEME)):
+    raise UserError("--data=sft: trains objective 'a3' or 'ar' (the prompt in group 0, or "
+                    "the response scored causally); 'mdm' has no prompt-conditioned loss")
   if model_config.attention == "kernel":
     k = model_config.attention_group_size
     for strategy, _ in curriculum.stages:

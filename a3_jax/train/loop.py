@@ -86,11 +86,12 @@ def run(job: Job) -> dict:
   local_batch = job.batch_size // jax.process_count()
   data_iter = make_train_iterator(job.data, tokenizer, seq_len=job.seq_len,
                                   batch_size=local_batch, seed=job.seed,
-                                  data_dir=job.data_dir, worker_count=job.worker_count)
+                                  data_dir=job.data_dir, worker_count=job.worker_count,
+                                  overlong=job.sft_overlong)
   eval_spec, eval_split = eval_source(job.data, job.eval_data)
   eval_batches = make_eval_batches(eval_spec, tokenizer, seq_len=job.seq_len, split=eval_split,
                                    data_dir=job.data_dir, batch_size=local_batch,
-                                   max_batches=job.eval_batches)
+                                   max_batches=job.eval_batches, overlong=job.sft_overlong)
   if not eval_batches or not any(b["segment_ids"].any() for b in eval_batches):
     raise UserError(f"validation data {eval_spec} gives no tokens "
                     "(set --eval_data to a source with text)")

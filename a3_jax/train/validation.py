@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from a3_jax import sharding as shd
-from a3_jax.grouping import parse_strategy, sample_groups
+from a3_jax.grouping import batch_groups_of, parse_strategy
+from a3_jax.roles import RESPONSE
 
 EVAL_GROUPINGS = ("ar", "perm:4")
 
@@ -17,14 +18,19 @@ EVAL_GROUPINGS = ("ar", "perm:4")
 @functools.lru_cache(maxsize=16)
 def _drawer(strategy, mesh):
   """The jitted group sampler of a strategy (one per run, not one per validation)."""
-  return jax.jit(functools.partial(sample_groups, strategy),
+  return jax.jit(functools.partial(batch_groups_of, strategy),
                  out_shardings=shd.batch_sharding(mesh))
 
 
+def _scored(batch):
+  """Where the eval scores a token: every non-padding one, or a fine-tuning row's response."""
+  return batch["roles"] == RESPONSE if "roles" in batch else batch["segment_ids"] != 0
+
+
 @jax.jit
-def _chars(tokens_BxT, seg_BxT, lengths_V):
-  """Characters the non-padding tokens of a (global) batch spell."""
-  return jnp.sum(jnp.where(seg_BxT != 0, lengths_V[tokens_BxT], 0))
+def _chars(tokens_BxT, scored_BxT, lengths_V):
+  """Characters the scored tokens of a (global) batch spell."""
+  return jnp.sum(jnp.where(scored_BxT, lengths_V[tokens_BxT], 0))
 
 
 def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
@@ -36,6 +42,9 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
   `causal_step` (a curriculum with a 'causal' stage): also the content stream's
   next-token NLL, as nll_causal (each document's first token unscored).
 
+  Fine-tuning batches (with `roles`) score their responses alone, the prompt in group 0
+  and the grouping over the response (no given subset): -log p(response | prompt).
+
   Groups are drawn for the global batch, and characters counted over it, so the
   result does not depend on the number of processes. `progress(done, total)` hears
   every batch pass.
@@ -45,7 +54,7 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
   sharded = [shd.shard_batch(b, mesh) for b in batches]  # global arrays
   if char_lengths is not None:  # every non-padding token is scored (count_first_group)
     lengths = jnp.asarray(char_lengths)
-    chars = sum(int(_chars(b["tokens"], b["segment_ids"], lengths)) for b in sharded)
+    chars = sum(int(_chars(b["tokens"], _scored(b), lengths)) for b in sharded)
   names = ("mdm",) if objective == "mdm" else EVAL_GROUPINGS
   total, done = len(names) * len(batches) + (len(batches) if causal_step else 0), 0
   for name in names:
@@ -53,7 +62,8 @@ def evaluate(eval_step, params, batches, seed_key, mesh, objective: str = "a3",
     draw = _drawer(strategy, mesh)
     nll = count = 0.0
     for i, batch in enumerate(sharded):
-      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"])
+      groups = draw(jax.random.fold_in(seed_key, i), batch["segment_ids"], batch["positions"],
+                    batch.get("roles"))
       stats = eval_step(params, batch, groups)
       nll += float(stats["nll"])
       count += float(stats["count"])
@@ -81,7 +91,7 @@ def eval_source(data: str, eval_data: str | None) -> tuple[str, str]:
   of --data where it has one (shakespeare, tfds), else --data itself."""
   if eval_data:
     return eval_data, "train"
-  if data.startswith(("text:", "arrayrecord:", "parquet:", "jsonl:", "mix:")):
+  if data.startswith(("text:", "arrayrecord:", "parquet:", "jsonl:", "mix:", "sft:")):
     print(f"warning: --data={data} has no validation split and --eval_data is unset: "
           "validation metrics are measured on training files", flush=True)
     return data, "train"
