@@ -8,14 +8,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from a3_jax.errors import UserError
 
 ATTENTION_IMPLS = ("einsum", "chunked", "kernel")
 REMAT_POLICIES = ("none", "dots", "full")
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+def finite_in(value, dtype) -> bool:
+  """Whether a number stays finite once cast to `dtype` (1e39 is a finite Python
+  float but infinite in float32)."""
+  with np.errstate(over="ignore"):
+    return bool(np.isfinite(np.asarray(value, dtype=jnp.dtype(dtype))))
+
+
+def number_problems(owner, checks) -> list[str]:
+  """'NAME must be ...' for each (name, bound text, predicate, dtype) whose field of
+  `owner` is not a number, not finite in `dtype`, or fails its predicate."""
+  problems = []
+  for name, bound, ok, dtype in checks:
+    value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      problems.append(f"{name} must be a number, got {value!r}")
+    elif not (math.isfinite(value) and finite_in(value, dtype) and ok(value)):
+      problems.append(f"{name} must be a number {bound} (finite in {dtype}), got {value}")
+  return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +49,18 @@ class RopeScaling:
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position: int = 8192
+
+  def __post_init__(self):
+    # RoPE frequencies are computed in float32 (layers.rope_frequencies).
+    problems = number_problems(self, [
+        ("factor", "> 0", lambda v: v > 0, "float32"),
+        ("low_freq_factor", "> 0", lambda v: v > 0, "float32"),
+        ("high_freq_factor", "> low_freq_factor",  # HF divides by their difference
+         lambda v: not isinstance(self.low_freq_factor, (int, float))
+         or v > self.low_freq_factor, "float32"),
+        ("original_max_position", ">= 1", lambda v: v >= 1, "float32")])
+    if problems:
+      raise UserError("invalid rope_scaling: " + "; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +100,20 @@ class ModelConfig:
     problems = []
     for name in ("vocab_size", "d_model", "num_layers", "num_heads",
                  "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
-                 "attention_group_size"):
-      if getattr(self, name) < 1:
-        problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+                 "attention_group_size", "attention_chunk"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{name} must be an integer, got {value!r}")
+      elif value < 1:
+        problems.append(f"{name} must be >= 1, got {value}")
+    # Norms, RoPE and initialisation compute in float32 whatever the dtypes.
+    problems += number_problems(self, [
+        ("rms_eps", "> 0", lambda v: v > 0, "float32"),
+        ("rope_theta", "> 0", lambda v: v > 0, "float32"),
+        ("init_std", ">= 0", lambda v: v >= 0, "float32"),
+        ("query_init_scale", ">= 0", lambda v: v >= 0, "float32")])
+    if problems:  # the checks below compare these numbers
+      raise UserError("invalid ModelConfig: " + "; ".join(problems))
     if self.num_heads % max(self.num_kv_heads, 1):
       problems.append(f"num_heads ({self.num_heads}) must be a multiple of "
                       f"num_kv_heads ({self.num_kv_heads})")
@@ -202,14 +248,27 @@ def resolve(base: ModelConfig, overrides=(), *, vocab_size: int | None = None,
   """
   changes = parse_overrides(overrides)
   if checkpoint is None:
-    return base.replace(**{**({"vocab_size": vocab_size} if vocab_size else {}), **changes})
+    return _with_overrides(base, overrides,
+                           **{**({"vocab_size": vocab_size} if vocab_size else {}), **changes})
   fixed = sorted(k for k, v in changes.items()
                  if k in ARCHITECTURE_FIELDS and v != getattr(base, k))
   if fixed:
     raise UserError(f"--model={fixed[0]}=...: {checkpoint} fixes the architecture "
                     f"({', '.join(f'{k}={getattr(base, k)!r}' for k in fixed)}); "
                     f"a run from it may only change {list(RUNTIME_FIELDS)}")
-  return base.replace(**changes)
+  return _with_overrides(base, overrides, **changes)
+
+
+def _with_overrides(base: ModelConfig, overrides, **changes) -> ModelConfig:
+  """base.replace(**changes); an invalid result names the --model flags that made it."""
+  try:
+    return base.replace(**changes)
+  except UserError as e:
+    if not overrides:
+      raise
+    named = [(n, t) for n, t in overrides if re.search(rf"\b{n}\b", str(e))] or list(overrides)
+    flags_text = " ".join(f"--model={name}={text}" for name, text in named)
+    raise UserError(f"{flags_text}: {e}") from None
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

@@ -10,3 +10,18 @@ class UserError(ValueError):
 
   A ValueError subclass so that library callers that catch ValueError keep working.
   """
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is a full disk or quota: OSError ENOSPC/EDQUOT,
+  or the text tensorstore and orbax wrap it in."""
+  import errno
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -171,12 +171,15 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
 
 
 def parallelism_curve(params, config: ModelConfig, texts: Sequence[Sequence[int]], *,
-                      sizes: Sequence[int] = CURVE_SIZES, orders: int = 4,
+                      sizes: Sequence[int] = CURVE_SIZES, orders: int = 4, progress=None,
                       **kwargs) -> list[GroupingResult]:
   """NLL per token under block:k and perm:k for each group size k (the price of
-  generating k tokens per pass)."""
-  return [score_texts(params, config, texts, f"{kind}:{k}", orders=orders, **kwargs)
-          for kind in ("block", "perm") for k in sizes]
+  generating k tokens per pass). `progress(grouping)`, if given, makes each grouping's
+  score_texts progress callback."""
+  names = [f"{kind}:{k}" for kind in ("block", "perm") for k in sizes]
+  return [score_texts(params, config, texts, g, orders=orders,
+                      progress=None if progress is None else progress(g), **kwargs)
+          for g in names]
 
 
 def curve_table(results: Sequence[GroupingResult]) -> str:

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax.linen import meta
 
+from a3_jax.atomic_file import read_json_object
 from a3_jax.config import ModelConfig
-from a3_jax.errors import UserError
+from a3_jax.errors import UserError, is_disk_full
 
 MARKER = "EXPORT"
 TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
@@ -35,8 +36,7 @@ def run_flags(path: str) -> dict:
   candidate = os.path.join(path, RUN_FLAGS)
   if not os.path.isfile(candidate):
     return {}
-  with open(candidate) as f:
-    return json.load(f)
+  return read_json_object(candidate)
 
 
 @contextlib.contextmanager
@@ -49,15 +49,18 @@ def staged_directory(out_dir: str, tokenizer_path: str | None):
   if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
     raise UserError(f"tokenizer file {tokenizer_path} does not exist")
   tmp = out_dir + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.rmtree(tmp, ignore_errors=True)  # a stale one: an earlier run killed mid-write
   os.makedirs(tmp)
   try:
     yield tmp
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.rename(tmp, out_dir)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, Exception) and is_disk_full(e):
+      raise UserError(f"{out_dir}: no space left on device while writing it; nothing was "
+                      "written (free space or choose another place)") from None
     raise
 
 
@@ -86,8 +89,9 @@ def save_export(out_dir: str, params: Any, config: ModelConfig,
   with staged_directory(out_dir, tokenizer_path) as tmp:
     with open(os.path.join(tmp, "config.json"), "w") as f:
       f.write(config.to_json())
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, "params"), params)
+    # Synchronous: no orbax thread outlives a Ctrl-C to print its own traceback.
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(params))
     copy_tokenizer(tokenizer_path, tmp)
     if run_flags is not None:
       with open(os.path.join(tmp, RUN_FLAGS), "w") as f:
@@ -121,13 +125,17 @@ def tokenizer_file(path: str) -> str | None:
   return None
 
 
-def load_export(path: str, shardings: Any = None) -> tuple[Any, ModelConfig, str | None]:
+def load_export(path: str, shardings: Any = None,
+                param_dtype: str | None = None) -> tuple[Any, ModelConfig, str | None]:
   """Returns (params, config, tokenizer path or None).
 
   `shardings`: optional pytree of NamedShardings matching the params; each array
   is then read straight into its sharding (never whole on one device).
+  `param_dtype`: read the params cast to it (the config says so), default as saved.
   """
   config = load_config(path)
+  if param_dtype is not None:
+    config = config.replace(param_dtype=param_dtype)
   ckpt = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
     try:

@@ -30,6 +30,7 @@ PEAK_BF16_FLOPS = {  # device_kind substring -> FLOP/s per device
     "TPU v5": 459e12,
     "TPU v6 lite": 918e12,  # v6e (Trillium)
     "TPU v6e": 918e12,
+    "A100": 312e12,
     "H100": 989e12,
     "H200": 989e12,
 }

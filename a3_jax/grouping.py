@@ -16,17 +16,27 @@ curriculum stage may also be
   causal      the content stream trained as a causal LM (the AR model the paper
               adapts from; one stream, so about half the cost of an A3 step);
               groups = pos. A stage, not a grouping: it has no query stream to score.
+
+Fine-tuning rows (a `roles` feature, a3_jax/roles.py) are grouped by
+`response_groups`: every prompt token is group 0 of its example, and the
+strategy groups the response alone (its tokens ranked 0, 1, ... in position
+order, as if the response were the whole document), from group 1. `given_rate`
+puts each response token in group 0 as well with that probability (infilling-
+style conditioning on a random subset); group-0 tokens are never scored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from a3_jax.config import finite_in
 from a3_jax.errors import UserError
+from a3_jax.roles import RESPONSE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +85,9 @@ def parse_strategy(spec: str) -> Strategy:
       w = float(weight) if sep else -1.0
     except ValueError:
       w = -1.0
-    if w <= 0:
+    if not (w > 0 and finite_in(w, "float32")):  # weights are float32 logits' exps
       raise UserError(f"mixture item {item!r} in {spec!r} needs a positive weight: "
-                       "write STRATEGY=WEIGHT")
+                       "write STRATEGY=WEIGHT, a finite WEIGHT > 0")
     strategy = _parse_simple(name)
     parts.append((strategy, w))
   return Strategy("mix", parts=tuple(parts))
@@ -149,9 +159,27 @@ class Curriculum:
   def stage_name(self, step: int) -> str:
     return self.stage(step).name
 
+  def steps_run(self, total_steps: int, start: int = 0) -> list[tuple[Strategy, int]]:
+    """(strategy, steps) of each stage within steps [start, total_steps) of a run (the
+    last stage runs on to total_steps)."""
+    out, begin = [], 0
+    for i, (strategy, steps) in enumerate(self.stages):
+      end = total_steps if i == len(self.stages) - 1 else min(total_steps, begin + steps)
+      out.append((strategy, max(0, end - max(begin, start))))
+      begin = end
+    return out
+
   @property
   def has_causal(self) -> bool:
     return any(s.kind == "causal" for s, _ in self.stages)
+
+
+def equal_curriculum(stages: Sequence[str], steps: int) -> str:
+  """The curriculum spec of `stages` in equal shares of `steps` (the last takes the
+  remainder), e.g. the paper's ('ar', 'block:2', 'block:4', 'perm:4', 'perm:8')."""
+  each = max(1, steps // len(stages))
+  counts = [each] * (len(stages) - 1) + [max(1, steps - each * (len(stages) - 1))]
+  return ",".join(f"{s}:{n}" for s, n in zip(stages, counts))
 
 
 def parse_curriculum(spec: str) -> Curriculum:
@@ -184,9 +212,50 @@ def parse_curriculum(spec: str) -> Curriculum:
   return Curriculum(tuple(stages))
 
 
-def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT):
-  """Group ids of the given (traced) stage; one compiled program for all stages."""
-  branches = [lambda key, seg, pos, s=s: sample_groups(s, key, seg, pos)
+def check_group_sizes(curriculum: Curriculum, seq_len: int) -> None:
+  """Refuses a stage whose groups hold a whole row: every token would be in the first
+  group, predicted from nothing (a unigram model)."""
+  for strategy, _ in curriculum.stages:
+    for part in [p for p, _ in strategy.parts] or [strategy]:
+      if part.kind in ("block", "perm") and part.k >= seq_len:
+        raise UserError(f"--curriculum stage {strategy.name!r}: groups of {part.k} tokens "
+                        f"cover a whole row of --seq_len={seq_len}, so every token would be "
+                        f"predicted from nothing; use group sizes below {seq_len}")
+
+
+def response_groups(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT,
+                    given_rate: float = 0.0):
+  """Group ids [B, T]: prompt tokens (and, with probability given_rate each, response
+  tokens) in group 0; the other response tokens grouped by `strategy` over themselves
+  alone, from group 1 (see the module docstring). Rows are packed: a segment's tokens
+  are contiguous and its positions count from 0."""
+  strategy_key, given_key = jax.random.split(key)
+  target_BxT = jnp.asarray(roles_BxT) == RESPONSE
+  if given_rate > 0:
+    target_BxT &= jax.random.uniform(given_key, target_BxT.shape) >= given_rate
+  # rank = targets before this token in its segment (which starts pos tokens earlier).
+  before_BxT = jnp.cumsum(target_BxT, axis=1, dtype=jnp.int32) - target_BxT
+  start_BxT = jnp.maximum(jnp.arange(target_BxT.shape[1]) - jnp.asarray(pos_BxT, jnp.int32), 0)
+  rank_BxT = before_BxT - jnp.take_along_axis(before_BxT, start_BxT, axis=1)
+  target_seg_BxT = jnp.where(target_BxT, jnp.asarray(seg_BxT, jnp.int32), 0)
+  groups_BxT = sample_groups(strategy, strategy_key, target_seg_BxT, rank_BxT)
+  return jnp.where(target_BxT, groups_BxT + 1, 0)
+
+
+def batch_groups_of(strategy: Strategy, key, seg_BxT, pos_BxT, roles_BxT=None,
+                    given_rate: float = 0.0):
+  """Group ids of a batch: sample_groups, or on fine-tuning rows (roles given)
+  response_groups."""
+  if roles_BxT is None:
+    return sample_groups(strategy, key, seg_BxT, pos_BxT)
+  return response_groups(strategy, key, seg_BxT, pos_BxT, roles_BxT, given_rate)
+
+
+def stage_groups(curriculum: Curriculum, stage_index, key, seg_BxT, pos_BxT, roles_BxT=None,
+                 given_rate: float = 0.0):
+  """Group ids of the given (traced) stage; one compiled program for all stages.
+  With roles (fine-tuning rows), the response groups of each stage's strategy."""
+  branches = [lambda key, seg, pos, s=s: batch_groups_of(s, key, seg, pos, roles_BxT, given_rate)
               for s, _ in curriculum.stages]
   if len(branches) == 1:
     return branches[0](key, seg_BxT, pos_BxT)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
-from a3_jax import evaluate
+from a3_jax import evaluate, rundir
 from a3_jax.data.text_file import encode_texts
 from a3_jax.errors import UserError
 from a3_jax.export import is_export, run_flags
+from a3_jax.progress import Progress
 
 
 def window_and_context(checkpoint: str, config, window: int | None = None,
@@ -22,6 +23,18 @@ def window_and_context(checkpoint: str, config, window: int | None = None,
   if not 0 <= context < window:
     raise UserError(f"--context={context} must be in [0, window={window})")
   return window, context
+
+
+def curve_path(checkpoint: str, path: str | None = None) -> str:
+  """Where the parallelism-curve PNG goes: `path` where given (its folder must exist),
+  else beside the model it describes (an export's parallelism_curve.png), else (an
+  'hf:'/'gguf:' checkpoint) parallelism_curve.png in the current directory."""
+  if path is None:
+    path = os.path.join(checkpoint if is_export(checkpoint) else ".", "parallelism_curve.png")
+  elif not path.lower().endswith(".png"):
+    raise UserError(f"--curve_png={path} must name a .png file")
+  rundir.check_out_file(path, "--curve_png")  # before any work toward it
+  return path
 
 
 def trained_mdm_shift(checkpoint: str, override: bool | None = None) -> bool:
@@ -44,6 +57,11 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
   `curve_png`, also the parallelism curve drawn there. One JSON-able dict;
   `format_likelihood` renders it. `progress(message)` hears how far each grouping has got."""
   ids = encode_texts(tokenizer, texts, text_file, 2 if head == "content" else 1)
+
+  def windows(name, every=0.0):  # score_texts paces its own reports (~10 %)
+    return None if progress is None else Progress(f"  {name}", progress, unit="windows",
+                                                  every=every)
+
   common = dict(window=window, context=context, seed=seed)
   if progress is not None:
     progress(f"{len(ids)} document(s), {sum(map(len, ids)):,} tokens; window {window}, "
@@ -51,14 +69,13 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
   if head == "mdm":
     from a3_jax import mdm
     results = [mdm.nelbo_texts(params, config, ids, num_samples=elbo_samples,
-                               mask_id=mask_id, shift=mdm_shift, **common)]
+                               mask_id=mask_id, shift=mdm_shift,
+                               progress=windows("mdm-elbo", 0.1), **common)]
   else:
     results = []
     for g in names:
-      report = None if progress is None else (
-          lambda done, total, g=g: progress(f"  {g}: {done}/{total} windows"))
       results.append(evaluate.score_texts(params, config, ids, g, head=head, orders=orders,
-                                          batch_size=batch_size, progress=report,
+                                          batch_size=batch_size, progress=windows(g),
                                           **common).to_dict())
     chars = sum(len(t) for t in texts)
     for r in results if head == "query" else ():
@@ -68,7 +85,7 @@ def likelihood_report(params, config, tokenizer, texts: list[str], names: list[s
          "window": window, "context": context, "results": results}
   if curve_png:
     curve = evaluate.parallelism_curve(params, config, ids, orders=orders,
-                                       batch_size=batch_size, **common)
+                                       batch_size=batch_size, progress=windows, **common)
     out["curve"] = [r.to_dict() for r in curve]
     out["curve_table"] = evaluate.curve_table(curve)
     out["curve_png"] = evaluate.plot_curve(curve, curve_png,

@@ -33,10 +33,22 @@ Requests, all exact and batched (`batch_size` rows per pass):
                          pick the sampler (greedy unless do_sample). The decoder
                          always runs max_gen_toks positions unless EOS ends a row.
 
-Model args: pretrained (or checkpoint): EXPORT_DIR | hf:DIR | gguf:FILE (with
-`pretrained`, lm-eval names the results directory after it); tokenizer,
-grouping, rolling_grouping, window, context, decoder, group_size, order,
-criterion, block_size, max_gen_toks, seed. Rows per pass: lm-eval's --batch_size.
+Model args (--model_args KEY=VALUE,KEY=VALUE):
+  pretrained        EXPORT_DIR | hf:DIR | gguf:FILE (required; alias: checkpoint;
+                    with `pretrained`, lm-eval names the results directory after it)
+  tokenizer         a tokenizer file replacing the checkpoint's own
+  grouping          loglikelihood's continuation groups: ar | one | block:K | perm:K (ar)
+  rolling_grouping  loglikelihood_rolling's grouping: ar | block:K | perm:K (ar)
+  window            tokens per rolling pass (the model's max_seq_len)
+  context           tokens of the previous window each rolling window sees (0)
+  decoder           generate_until: group | dynamic (group)
+  group_size        group: tokens per group; dynamic: commits per step (1)
+  order             group: l2r | random (l2r)
+  criterion         dynamic: confidence | entropy | margin | random | threshold (confidence)
+  block_size        dynamic: semi-autoregressive blocks, 0 = off (0)
+  max_gen_toks      generate_until's new tokens unless a request says (256)
+  seed              orders and sampling (0)
+Rows per pass: lm-eval's --batch_size.
 """
 
 from __future__ import annotations
@@ -58,13 +70,14 @@ from a3_jax.tasks.scoring import encode_pair
 DECODERS = ("group", "dynamic")
 
 
-def _positive(name: str, value) -> int:
+def _integer(name: str, value, minimum: int | None = None) -> int:
+  """An integer model arg (lm-eval passes strings), at least `minimum`."""
   try:
     value = int(value)
   except (TypeError, ValueError):
-    value = 0
-  if value < 1:
-    raise UserError(f"model arg {name} must be a positive integer")
+    raise UserError(f"model arg {name}={value} is not an integer") from None
+  if minimum is not None and value < minimum:
+    raise UserError(f"model arg {name} must be an integer >= {minimum}, got {value}")
   return value
 
 
@@ -89,9 +102,12 @@ class A3JaxLM(LM):
                       "hf:DIR or gguf:FILE")
     if str(batch_size).startswith("auto"):
       raise UserError("batch_size 'auto' is not supported: give a number of rows per pass")
-    self.batch_size = _positive("batch_size", batch_size)
-    self.group_size = _positive("group_size", group_size)
-    self.max_gen_toks = _positive("max_gen_toks", max_gen_toks)
+    self.batch_size = _integer("batch_size", batch_size, 1)
+    self.group_size = _integer("group_size", group_size, 1)
+    self.max_gen_toks = _integer("max_gen_toks", max_gen_toks, 1)
+    window = None if window is None else _integer("window", window, 1)
+    context, block_size = _integer("context", context, 0), _integer("block_size", block_size, 0)
+    seed = _integer("seed", seed)
     conditional.target_groups(1, grouping)  # a typo fails before the model loads
     evaluate.check_grouping(rolling_grouping, "query")
     for name, value, choices in (("decoder", decoder, DECODERS), ("order", order, ORDERS),
@@ -190,7 +206,7 @@ class A3JaxLM(LM):
       kwargs = json.loads(key)
       until = kwargs.get("until") or []
       until = [until] if isinstance(until, str) else list(until)
-      new_toks = _positive("max_gen_toks", kwargs.get("max_gen_toks", self.max_gen_toks))
+      new_toks = _integer("max_gen_toks", kwargs.get("max_gen_toks", self.max_gen_toks), 1)
       if new_toks >= self.config.max_seq_len:
         raise UserError(f"max_gen_toks {new_toks} leaves no room for a prompt in the model's "
                         f"{self.config.max_seq_len} positions")

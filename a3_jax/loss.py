@@ -1,7 +1,9 @@
 """The grouped A3 loss: unshifted cross-entropy on the query stream.
 
 The query row at position i predicts x_i itself from the tokens of earlier
-groups, so the sum over positions is -log p(x) of the grouping, exactly.
+groups, so the sum over positions is -log p(x) of the grouping, exactly. On
+fine-tuning rows (roles, a3_jax/roles.py) only response tokens outside group 0
+count: the sum is -log p(response | prompt) of the grouping.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from a3_jax.grouping import first_group_mask
+from a3_jax.roles import RESPONSE
 
 
 def token_logprobs(logits_BxTxV, targets_BxT):
@@ -18,12 +21,24 @@ def token_logprobs(logits_BxTxV, targets_BxT):
   return jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
 
 
-def loss_weights(groups_BxT, seg_BxT, count_first_group: bool = True):
+def loss_weights(groups_BxT, seg_BxT, count_first_group: bool = True, roles_BxT=None):
   """1.0 where a position counts in the loss: not padding, and (optionally) not
-  in its document's first group, which is predicted from nothing."""
+  in its document's first group, which is predicted from nothing. With roles: a
+  response token outside group 0 (grouping.response_groups), nothing else."""
+  if roles_BxT is not None:
+    return ((roles_BxT == RESPONSE) & (groups_BxT > 0) & (seg_BxT != 0)).astype(jnp.float32)
   weights = seg_BxT != 0
   if not count_first_group:
     weights = weights & ~first_group_mask(groups_BxT, seg_BxT)
+  return weights.astype(jnp.float32)
+
+
+def next_token_weights(seg_BxT, roles_BxT=None):
+  """[B, T-1]: 1.0 where the causal (content-stream) prediction of token t+1 from
+  position t counts: the target shares the segment; with roles, it is a response token."""
+  weights = (seg_BxT[:, 1:] == seg_BxT[:, :-1]) & (seg_BxT[:, 1:] != 0)
+  if roles_BxT is not None:
+    weights &= roles_BxT[:, 1:] == RESPONSE
   return weights.astype(jnp.float32)
 
 

@@ -205,10 +205,11 @@ def elbo(params, config: ModelConfig, tokens_BxT, *, num_samples: int, key, seg_
 
 def nelbo_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], *,
                 num_samples: int = 16, window: int | None = None, context: int = 0,
-                seed: int = 0, mask_id: int = MASK_ID, shift: bool = False) -> dict:
+                seed: int = 0, mask_id: int = MASK_ID, shift: bool = False,
+                progress=None) -> dict:
   """NELBO per token of token-id texts (windows as in evaluate.score_texts: the
   context tokens of a window are always seen, never scored; with shift, a text's
-  first token neither)."""
+  first token neither). `progress(done, total)` hears every window."""
   window = min(window or config.max_seq_len, config.max_seq_len)
   pieces = []
   for ids in texts:
@@ -227,6 +228,8 @@ def nelbo_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], *,
                         maskable_BxT=scored, key=jax.random.fold_in(key, i),
                         mask_id=mask_id, shift=shift)[:, 0])
     tokens += int(scored.sum())
+    if progress is not None:
+      progress(i + 1, len(pieces))
   total_K = np.sum(samples, axis=0)  # one estimate of the whole bound per sample
   nelbo = float(np.mean(total_K)) / tokens
   return {"grouping": "mdm-elbo", "head": "mdm", "tokens": tokens, "samples": num_samples,

@@ -14,6 +14,7 @@ import time
 import jax
 from etils import epath
 
+from a3_jax.atomic_file import write_atomic
 from a3_jax.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,9 +72,7 @@ class MetricsWriter:
     records = [r for r in read_metrics(workdir, report) if r["step"] <= (resume_step or 0)]
     lines = [json.dumps(r) + "\n" for r in records]
     if self.path.exists():
-      tmp = self.path.parent / (METRICS_FILE + ".tmp")
-      tmp.write_text("".join(lines))
-      tmp.replace(self.path)
+      write_atomic(self.path, "".join(lines))
     from tensorboardX import SummaryWriter  # heavy import, only on the writer
     self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
     self._lines = None if "://" not in workdir else lines
@@ -81,7 +80,7 @@ class MetricsWriter:
     self._sync_every_s, self._synced = sync_every_s, time.monotonic()
 
   def _sync(self) -> None:
-    self.path.write_text("".join(self._lines))
+    write_atomic(self.path, "".join(self._lines))
     self._synced = time.monotonic()
 
   def write(self, record: dict) -> None:

@@ -202,9 +202,12 @@ class A3LM(nn.Module):
     stacked = self.layers.variables["params"]
     ks, vs = [], []
     cache = list(cache_kv) if cache_slots is not None else None
+    # A decoding step has no backward pass to remat for (and remat cannot take the
+    # cache-writing function as an argument).
+    layer_cls = DecoderLayer if cache is not None else _remat(DecoderLayer, cfg.remat)
     for i in range(cfg.num_layers):
       last = skip_content and i == cfg.num_layers - 1
-      layer = _remat(DecoderLayer, cfg.remat)(cfg, query_only=last, parent=None)
+      layer = layer_cls(cfg, query_only=last, parent=None)
       params_i = jax.tree.map(lambda a, i=i: a[i], stacked)
       kv_i = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
       write = None

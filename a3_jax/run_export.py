@@ -25,10 +25,10 @@ def export_run(workdir: str, out: str, dtype: str | None = None, fmt: str = "a3"
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a training run directory")
   check_out_dir(out)
-  params, meta, step = restore_params(workdir, step)
+  params, meta, step = restore_params(workdir, step, dtype)
   config = ModelConfig.from_dict(meta["model_config"])
   tokenizer = tokenizer_file(workdir)
   if fmt == "hf":
     return export_hf(out, params, config, tokenizer, dtype=dtype)
-  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"]}
+  flags_of_run = {**run_flags(workdir), "seq_len": meta["seq_len"], "step": step}
   return save_export(out, params, config, tokenizer, dtype=dtype, run_flags=flags_of_run)

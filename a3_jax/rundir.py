@@ -4,8 +4,9 @@
 Hugging Face model, unrelated files), is a regular file or is not writable;
 `check_out_dir` does the same for an output directory, which must be new or empty.
 Both run before anything is written. `WorkdirLock` keeps two runs off one workdir:
-a lock file with the holder's pid and host, taken before the first write and
-removed on exit; the lock of a dead process on this host is taken over with a message.
+a lock file with the holder's pid and host, created with its content in one step
+before the first write and removed on exit; the lock of a dead process on this host
+is taken over with a message, a lock that cannot be read is not (a person decides).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import sys
 
+from a3_jax.atomic_file import is_aside, write_atomic
 from a3_jax.errors import UserError
 
 LOCK_NAME = "LOCK"
@@ -29,6 +31,16 @@ _HF_WEIGHTS = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 
 def _is_remote(path: str) -> bool:
   return "://" in path
+
+
+def check_remote(path: str, flag: str) -> None:
+  """A gs:// (or other URI) path whose file-system package is missing is refused in
+  one line; the package's own error says which to install."""
+  from etils import epath
+  try:
+    epath.Path(path).exists()
+  except ImportError as e:
+    raise UserError(f"{flag}={path}: {e}") from None
 
 
 def _check_writable_location(path: str, flag: str) -> None:
@@ -65,6 +77,8 @@ def _foreign_kind(path: str, entries: list[str]) -> str | None:
       with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     except (OSError, ValueError):
+      if "checkpoints" in entries:  # a run's, torn by an older version: rewritten on resume
+        return None
       return "a directory whose config.json is not a training run's"
     if not isinstance(config, dict) or "model_type" in config or "architectures" in config:
       return "a Hugging Face model"
@@ -74,12 +88,13 @@ def _foreign_kind(path: str, entries: list[str]) -> str | None:
 def check_workdir(path: str, flag: str = "--workdir") -> None:
   """A new directory, or a training run's: anything else is refused (before any write)."""
   if _is_remote(path):
+    check_remote(path, flag)
     return
   entries = _check_directory(path, flag)
   kind = _foreign_kind(path, entries)
   if kind:
     raise UserError(f"{flag}={path} holds {kind}, not a training run; use another {flag}")
-  foreign = [e for e in entries if e not in RUN_ENTRIES]
+  foreign = [e for e in entries if e not in RUN_ENTRIES and not is_aside(e)]
   is_run = "checkpoints" in entries or "metrics.jsonl" in entries
   if foreign and not is_run:
     raise UserError(f"{flag}={path} is not empty and not a training run directory "
@@ -89,10 +104,26 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
 def check_out_dir(path: str, flag: str = "--out") -> None:
   """An output directory must be new or empty, and creatable (before any write)."""
   if _is_remote(path):
+    check_remote(path, flag)
     return
   if _check_directory(path, flag):
     raise UserError(f"{flag}={path} exists and is not empty; use a new or empty directory")
   _check_writable_location(path, flag)  # the output is staged in a sibling, then renamed
+
+
+def check_out_file(path: str, flag: str) -> None:
+  """An output file's directory must exist and be writable, and the path must not be a
+  directory (before any work is done toward it)."""
+  if _is_remote(path):
+    check_remote(path, flag)
+    return
+  if os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a directory; name a file")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise UserError(f"{flag}={path}: directory {parent} does not exist")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{flag}={path}: directory {parent} is not writable")
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -144,12 +175,14 @@ class WorkdirLock:
       self.created_workdir = True
     for _ in range(2):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        write_atomic(self.path, json.dumps(self.owner), exclusive=True)
       except FileExistsError:
         holder = self._holder()
-        if holder is None:  # torn or foreign: a crash between create and write
-          print(f"warning: {self.path} is unreadable; taking it over", file=sys.stderr, flush=True)
-        elif holder.get("host") == self.owner["host"] and not _holder_alive(holder):
+        if holder is None:  # never torn (created whole): foreign, or damaged
+          self.release_created()
+          raise UserError(f"--workdir={self.workdir}: the lock file {self.path} is unreadable "
+                          "(not one a3_jax wrote); delete it if no run uses this workdir") from None
+        if holder.get("host") == self.owner["host"] and not _holder_alive(holder):
           print(f"warning: taking over the stale lock {self.path} of pid {holder.get('pid')}, "
                 "which is no longer running", file=sys.stderr, flush=True)
         else:
@@ -160,8 +193,6 @@ class WorkdirLock:
         with contextlib.suppress(FileNotFoundError):
           os.remove(self.path)
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(self.owner, f)
       return
     raise UserError(f"--workdir={self.workdir}: another run took the lock {self.path} first")
 

@@ -115,6 +115,20 @@ def make_mesh(spec: str = "data:-1", devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
+def mesh_platform(mesh=None) -> str:
+  """'tpu', 'gpu' or 'cpu': the platform of the devices a computation is built for.
+
+  Those of `mesh` (a Mesh), else of the mesh in context while tracing (jax.set_mesh,
+  or an abstract mesh from jax.sharding.use_abstract_mesh; both carry their device
+  kind), else of the default backend, where an unsharded computation then runs. An
+  ahead-of-time compile for a TPU slice from a CPU host thus takes the TPU's choices.
+  """
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def logical_to_spec(axes, shape=None, mesh=None, rules=RULES) -> P:
   """PartitionSpec for one array's logical axes.
 

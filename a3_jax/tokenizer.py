@@ -5,6 +5,8 @@ Every tokenizer in a3_jax offers the same small interface:
   decode(ids) -> str          special tokens dropped
   bos_id, eos_id, pad_id      int; -1 when the tokenizer has none (sentencepiece's convention)
   vocab_size                  int (may be smaller than the model's embedding table)
+  id_to_text(id) -> str       the text of one token, special tokens included
+  chat_template               str | None: the Jinja chat template (a3_jax/chat_template.py)
 
 `Tokenizer` (sentencepiece) is the reference implementation; `JsonTokenizer` is
 the same interface over a `tokenizers` tokenizer.json. The embedded model
@@ -14,11 +16,13 @@ lossless unigram model with ids pad=0, unk=1, bos=2, eos=3.
 A `tokenizer.json` (used by LLaMA 3 and SmolLM2) does not say which tokens are
 BOS/EOS/pad; as in Hugging Face directories, that lives beside it in
 `tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`), which
-`JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads.
+`JsonTokenizer.save` writes and `JsonTokenizer.from_file` reads; the chat
+template lives there too (`chat_template`, or a `chat_template.jinja` file beside it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -29,12 +33,32 @@ import sentencepiece as spm
 import tokenizers
 from etils import epath
 
+from a3_jax.atomic_file import read_json_object, write_atomic
 from a3_jax.data.corpus import asset_path
 from a3_jax.errors import UserError
 
 EMBEDDED = "embedded"
 SIDECAR = "tokenizer_config.json"
 _ROLES = ("bos", "eos", "pad")
+
+
+def read_chat_template(directory: str) -> str | None:
+  """The chat template an HF tokenizer directory names: chat_template.jinja, else the
+  `chat_template` of tokenizer_config.json (a string, or a list of named templates:
+  'default')."""
+  jinja_path = os.path.join(directory, "chat_template.jinja")
+  if os.path.isfile(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      return f.read()
+  sidecar = os.path.join(directory, SIDECAR)
+  if not os.path.isfile(sidecar):
+    return None
+  with open(sidecar, encoding="utf-8") as f:
+    template = json.load(f).get("chat_template")
+  if isinstance(template, list):
+    template = {t.get("name"): t.get("template") for t in template
+                if isinstance(t, dict)}.get("default")
+  return template if isinstance(template, str) else None
 
 
 def _token_text(value) -> str | None:
@@ -52,9 +76,11 @@ class JsonTokenizer:
   """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, bos_id: int | None = None,
-               eos_id: int | None = None, pad_id: int | None = None, path: str | None = None):
+               eos_id: int | None = None, pad_id: int | None = None, path: str | None = None,
+               chat_template: str | None = None):
     self.tokenizer = tokenizer
     self.path = path
+    self.chat_template = chat_template
     self.bos_id, self.eos_id, self.pad_id = (-1 if i is None else int(i)
                                              for i in (bos_id, eos_id, pad_id))
 
@@ -71,13 +97,13 @@ class JsonTokenizer:
     ids = dict(fallback_ids or {})
     sidecar = os.path.join(os.path.dirname(path), SIDECAR)
     if os.path.isfile(sidecar):
-      with open(sidecar) as f:
-        special = json.load(f)
+      special = read_json_object(sidecar)
       for role in _ROLES:
         text = _token_text(special.get(f"{role}_token"))
         if text is not None and tok.token_to_id(text) is not None:
           ids[role] = tok.token_to_id(text)
-    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"), path)
+    return cls(tok, ids.get("bos"), ids.get("eos"), ids.get("pad"), path,
+               read_chat_template(os.path.dirname(path)))
 
   @property
   def vocab_size(self) -> int:
@@ -89,13 +115,21 @@ class JsonTokenizer:
   def decode(self, ids) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
+  def id_to_text(self, i: int) -> str:
+    return self.tokenizer.id_to_token(int(i))
+
+  def __repr__(self) -> str:
+    return f"JsonTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
   def save(self, directory: str) -> str:
     """Writes tokenizer.json and tokenizer_config.json into directory; returns the first."""
     path = os.path.join(directory, "tokenizer.json")
-    epath.Path(path).write_text(self.tokenizer.to_str(pretty=True))
+    write_atomic(path, self.tokenizer.to_str(pretty=True))
     special = {f"{role}_token": self.tokenizer.id_to_token(getattr(self, f"{role}_id"))
                for role in _ROLES if getattr(self, f"{role}_id") >= 0}
-    epath.Path(directory, SIDECAR).write_text(json.dumps(special, indent=2))
+    if self.chat_template:
+      special["chat_template"] = self.chat_template
+    write_atomic(os.path.join(directory, SIDECAR), json.dumps(special, indent=2))
     return path
 
 
@@ -109,7 +143,7 @@ def save_tokenizer(tokenizer, directory: str) -> str:
     return tokenizer.save(directory)
   target = os.path.join(directory, "tokenizer.model")
   if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    epath.Path(target).write_bytes(epath.Path(tokenizer.path).read_bytes())  # gs:// too
+    write_atomic(target, epath.Path(tokenizer.path).read_bytes())  # gs:// too
   return target
 
 
@@ -121,8 +155,9 @@ class Tokenizer:
   `pad_id` is (-1 for a model without one): segment id 0 marks padding.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, chat_template: str | None = None):
     self.path = path
+    self.chat_template = chat_template
     self._sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size: int = self._sp.get_piece_size()
     self.pad_id: int = self._sp.pad_id()
@@ -136,8 +171,31 @@ class Tokenizer:
     """Text of token ids [n] (a list or an integer array)."""
     return self._sp.decode([int(i) for i in ids])
 
+  def id_to_text(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
+
   def __repr__(self) -> str:
     return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def fingerprint(tokenizer) -> str:
+  """sha256 of what a tokenizer maps (its pieces and special ids), not of where it lives:
+  a copy elsewhere has the same fingerprint, another tokenizer of the same size does not."""
+  h = hashlib.sha256()
+  sp = getattr(tokenizer, "_sp", None)
+  h.update(sp.serialized_model_proto() if sp is not None
+           else tokenizer.tokenizer.to_str().encode("utf-8"))
+  h.update(f"{tokenizer.bos_id},{tokenizer.eos_id},{tokenizer.pad_id}".encode())
+  return h.hexdigest()
+
+
+def check_fits(tokenizer, vocab_size: int, model: str) -> None:
+  """A tokenizer whose ids the model has no embedding for is refused (its logits for
+  them do not exist: NaN likelihoods, out-of-range embedding lookups)."""
+  if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+    where = getattr(tokenizer, "path", None) or "(built from a GGUF file)"
+    raise UserError(f"tokenizer {where} has {tokenizer.vocab_size} ids but {model} has a "
+                    f"vocabulary of {vocab_size}; use the tokenizer it was trained with")
 
 
 def _first_id(value) -> int | None:
@@ -173,7 +231,9 @@ def load_hf_tokenizer(directory: str, hf_config: Mapping[str, Any]):
     path = os.path.join(directory, name)
     if os.path.isfile(path):
       fallback = {role: _first_id(hf_config.get(f"{role}_token_id")) for role in _ROLES}
-      return load_tokenizer(path, fallback)
+      tokenizer = load_tokenizer(path, fallback)
+      tokenizer.chat_template = read_chat_template(directory)
+      return tokenizer
   raise UserError(f"no tokenizer.model or tokenizer.json in {directory}: "
                    "the tokenizer must come with the checkpoint")
 

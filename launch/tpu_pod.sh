@@ -15,6 +15,9 @@
 # when `describe` finds none. No worker needs coordinates: jax.distributed reads
 # the slice's workers from the VM metadata (a3_jax/distributed.py). The flag
 # file's --workdir should be a gs:// path, which every worker can write.
+# Every worker gets the flag file and every flag file it includes (--flagfile=
+# lines, recursively; paths relative to this directory, as a3-train reads them),
+# and a3_jax with its gs:// extra (gcsfs).
 set -euo pipefail
 
 usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -54,6 +57,20 @@ done
 [[ -n $NAME && -n $ZONE && -n $ACCEL && -n $FLAGFILE ]] ||
   die "--name, --zone, --accelerator_type and --flagfile are required"
 [[ -f $FLAGFILE ]] || die "--flagfile=$FLAGFILE: no such file"
+
+INCLUDED=()  # the flag files FLAGFILE includes, recursively, as they are written
+include() {  # adds the flag files that flag file $1 includes
+  local inc
+  while IFS= read -r inc; do
+    [[ $inc != /* ]] || die "$1 includes $inc: name it relative to this directory (the" \
+                            "workers recreate it relative to their home)"
+    [[ -f $inc ]] || die "$1 includes $inc: no such file (paths are relative to this directory)"
+    [[ " ${INCLUDED[*]-} " == *" $inc "* ]] && continue
+    INCLUDED+=("$inc")
+    include "$inc"
+  done < <(sed -n 's/^--\{0,1\}flagfile=//p' "$1")  # absl's own rule: at line start
+}
+include "$FLAGFILE"
 if [[ -z $VERSION ]]; then
   case $ACCEL in
     v2-*|v3-*|v4-*) VERSION=tpu-ubuntu2204-base ;;
@@ -94,17 +111,24 @@ else
   fi
 fi
 
-echo "# 2. build this checkout as a wheel; install it with jax[tpu] in ~/$VENV on every worker"
+echo "# 2. build this checkout as a wheel and pack the flag files; install both on every"
+echo "#    worker: a3_jax[gcs] (gs:// workdirs and data) with jax[tpu] in ~/$VENV"
 # jax needs Python >= 3.11, newer than the TPU images' python3: uv brings its own.
+FLAGS_TAR=a3-flags.tgz
 run rm -rf "$WHEEL_DIR"
 run python3 -m pip wheel --quiet --no-deps --wheel-dir "$WHEEL_DIR" "$REPO"
-run gcloud compute tpus tpu-vm scp "$WHEEL_DIR/$WHEEL" "$FLAGFILE" "$NAME:" --worker=all \
-    "${WHERE[@]}"
+TAR=(tar -czf "$WHEEL_DIR/$FLAGS_TAR" -C "$(dirname "$FLAGFILE")" "$FLAGS_NAME")
+if ((${#INCLUDED[@]})); then TAR+=(-C "$PWD" "${INCLUDED[@]}"); fi
+run "${TAR[@]}"
+run gcloud compute tpus tpu-vm scp "$WHEEL_DIR/$WHEEL" "$WHEEL_DIR/$FLAGS_TAR" "$NAME:" \
+    --worker=all "${WHERE[@]}"
 UV='$HOME/.local/bin/uv'
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${WHERE[@]}" --command="\
+tar -xzf $FLAGS_TAR && \
 python3 -m pip install --quiet --user uv && \
 { [ -x $VENV/bin/python ] || $UV venv --quiet --python 3.12 $VENV; } && \
-$UV pip install --quiet --python $VENV/bin/python 'jax[tpu]' ./$WHEEL --reinstall-package a3-jax"
+$UV pip install --quiet --python $VENV/bin/python 'jax[tpu]' './$WHEEL[gcs]' \
+--reinstall-package a3-jax"
 
 echo "# 3. run a3-train on every worker"
 TRAIN="$VENV/bin/a3-train --flagfile=$FLAGS_NAME"

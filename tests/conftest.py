@@ -3,7 +3,11 @@
 import os
 
 import hypothesis
-import jax
+
+# The suite runs on CPU devices even where an accelerator plugin is installed (the
+# [tpu-aot] / [gpu-aot] extras only compile for their targets: tests/test_aot.py).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir",

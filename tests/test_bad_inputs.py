@@ -70,15 +70,17 @@ def digest(path) -> str:
   return h.hexdigest()
 
 
-def refused(capsys, program, call, message, *unchanged):
+def refused(capsys, program, call, message, *unchanged, warning=None):
   """Runs call() as console script `program` would: exit 2, one line naming `message`,
-  and every path in `unchanged` byte-identical (an absent one stays absent)."""
+  and every path in `unchanged` byte-identical (an absent one stays absent). A line that
+  starts with `warning` (one the call is expected to print first) is not counted."""
   before = [(p, os.path.exists(p) and digest(p)) for p in map(str, unchanged)]
   capsys.readouterr()
   with pytest.raises(SystemExit) as exit_info, user_errors(program):
     call()
   err = capsys.readouterr().err
-  lines = [l for l in err.splitlines() if l.strip()]
+  lines = [l for l in err.splitlines() if l.strip()
+           and not (warning and l.startswith(warning))]
   assert exit_info.value.code == 2, err
   assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), err
   assert message in lines[0], lines[0]
@@ -183,6 +185,76 @@ def test_a_workdir_in_use_is_refused_untouched(made, tmp_path, capsys):
           f"is in use by pid {holder}", workdir)
 
 
+def test_an_unreadable_lock_is_not_taken_over(made, tmp_path, capsys):
+  workdir = copy_of(made, "run", tmp_path)
+  with open(os.path.join(workdir, rundir.LOCK_NAME), "w") as f:
+    f.write('{"pid": 1')  # not what WorkdirLock writes (it creates the file whole)
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          "the lock file", workdir)
+
+
+def test_resume_without_tokenizer_uses_the_runs_and_allow_change_restarts_the_data(
+    made, tmp_path, capsys):
+  """The run's saved tokenizer, not the default, when --tokenizer is not given again
+  (the checkpoint's fingerprint must match it); --allow_change=batch_size resumes with a
+  new batch size and the data stream afresh."""
+  from a3_jax.train.loop import initial
+  workdir = copy_of(made, "run", tmp_path)
+  os.remove(os.path.join(workdir, "tokenizer.model"))
+  saved = _word_tokenizer(workdir, 2048, sidecar='{"eos_token": "[EOS]"}')
+  assert initial(job(workdir), None)[1].path == saved
+  refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+          "--tokenizer: the checkpoint in", workdir)
+  workdir = copy_of(made, "run", tmp_path / "again")
+  run(job(workdir, steps=STEPS + 1, batch_size=16, allow_change="batch_size"))
+  err = capsys.readouterr().err
+  assert "--allow_change: batch_size 8 -> 16; the data stream starts afresh" in err
+  with open(os.path.join(workdir, "flags.json")) as f:
+    assert json.load(f)["batch_size"] == 16
+
+
+def test_a_bad_record_late_in_a_file_stops_the_run_naming_it(tmp_path, capsys):
+  """Found by the pipeline after checkpoints were written: one line naming file and
+  line, exit 2, and the last checkpoint intact (its checksums verify)."""
+  import grain
+  # 80 tokens a document: the first 256-row shuffle window (8192 tokens, 8 steps of 32
+  # rows) holds the first 103 documents read; the bad one, read last, is in the second.
+  lines = 122
+  last = int(grain.MapDataset.range(lines).shuffle(seed=0)[lines - 1])
+  data = tmp_path / "docs.jsonl"
+  with open(data, "w") as f:
+    for i in range(lines):
+      text = "To be, or not to be, that is the question. " * 6
+      f.write(json.dumps({"body" if i == last else "text": text}) + "\n")
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) as exit_info, user_errors("a3-train"):
+    run(job(workdir, steps=16, batch_size=32, save_every=4, data=f"text:{data}",
+            eval_data="shakespeare", curriculum="ar:16"))
+  lines_out = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert exit_info.value.code == 2
+  assert lines_out[-1].startswith("a3-train: error: ") and len(lines_out) == 1, lines_out
+  assert f"{data}, line {last + 1}: expected a JSON object" in lines_out[-1]
+  params, _, step = restore_params(str(workdir))
+  assert step == 8 and not (workdir / rundir.LOCK_NAME).exists()
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
+    made, tmp_path, capsys, monkeypatch):
+  """ENOSPC inside orbax's commit thread (where the checksums are written): exit 2, one
+  line, and a resume afterwards continues from the last complete step."""
+  from a3_jax import checkpoint
+  workdir = copy_of(made, "run", tmp_path)
+  def disk_full(step_dir):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(checkpoint, "write_checksums", disk_full)
+  line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=STEPS + 1)),
+                 "no space left on device while saving a checkpoint",
+                 warning="warning: this run's learning-rate schedule")  # --steps grew
+  assert f"(step {STEPS}) is intact" in line
+  monkeypatch.undo()
+  assert restore_params(workdir)[2] == STEPS
+
+
 def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, tmp_path, capsys):
   workdir = copy_of(made, "run", tmp_path)
   before = digest(workdir)
@@ -198,20 +270,35 @@ def test_a_finished_run_says_nothing_to_do_and_a_stale_lock_is_taken_over(made, 
   assert not os.path.exists(lock) and digest(workdir) == before
 
 
-def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, tmp_path, capsys):
+@pytest.mark.parametrize("damage, what", [
+    ("truncate", "is truncated"),
+    ("flip", "does not match its checksum"),  # 64 bytes inverted, size unchanged
+])
+def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, tmp_path, capsys,
+                                                                        damage, what):
   workdir = copy_of(made, "run", tmp_path)
   with open(largest_file(os.path.join(workdir, "checkpoints", str(STEPS), "state")), "r+b") as f:
-    f.truncate(100)
+    if damage == "truncate":
+      f.truncate(100)
+      # and what a kill -9 during an older, non-atomic rewrite left: not an orphaned run
+      open(os.path.join(workdir, "config.json"), "w").close()
+    else:
+      f.seek(os.fstat(f.fileno()).st_size // 2)
+      flipped = bytes(b ^ 0xFF for b in f.read(64))
+      f.seek(-len(flipped), os.SEEK_CUR)
+      f.write(flipped)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 3, "lo')  # a crash mid-write
   line = refused(capsys, "a3-export", lambda: export_run(workdir, str(tmp_path / "out")),
                  f"checkpoint step {STEPS} in", workdir, tmp_path / "out")
-  assert "is truncated" in line and f"pass --step={STEPS - 1}" in line
+  assert what in line and f"pass --step={STEPS - 1}" in line
   run(job(workdir, steps=STEPS + 1))
   err = capsys.readouterr().err
-  assert f"checkpoint step {STEPS} in" in err and "is damaged" in err
+  assert f"checkpoint step {STEPS} in" in err and "is damaged" in err and what in err
   assert f"resuming from step {STEPS - 1}" in err and "dropped the torn last line" in err
   assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", str(STEPS)))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["d_model"] == 64
   losses = {r["step"]: r["loss"] for r in read_metrics(workdir) if "split" not in r}
   original = {r["step"]: r["loss"] for r in read_metrics(made["run"]) if "split" not in r}
   assert sorted(losses) == list(range(1, STEPS + 2))
@@ -220,7 +307,7 @@ def test_damaged_latest_checkpoint_export_names_it_and_resume_falls_back(made, t
 
 @pytest.mark.parametrize("name, damage, message", [
     ("meta/metadata", "empty", "file meta/metadata is empty"),
-    ("data/process_0-of-1.json", "truncate", "file data/process_0-of-1.json is not valid JSON"),
+    ("data/process_0-of-1.json", "truncate", "file data/process_0-of-1.json is truncated"),
 ])
 def test_every_checkpoint_damaged_is_refused_never_restarted(made, tmp_path, capsys, name,
                                                              damage, message):
@@ -260,7 +347,7 @@ def test_non_finite_steps_are_never_applied_nor_checkpointed(tmp_path, capsys):
   workdir = tmp_path / "run"
   huge = TrainConfig(lr=1e30, warmup_steps=1)  # params ~1e30 after one step: inf/NaN next
   line = refused(capsys, "a3-train", lambda: run(job(workdir, steps=4, train=huge)),
-                 "non-finite loss or gradient norm")
+                 "non-finite loss, gradient norm or updated params")
   assert line.split("error: step ")[1].split(":")[0] == "3" and "--skip_nonfinite" in line
   assert restore_params(str(workdir))[2] == 2
   run(job(workdir, steps=4, train=huge, skip_nonfinite=True))  # resumes at 2, skips 3 and 4
@@ -365,6 +452,42 @@ def test_convert_names_a_truncated_safetensors_file_and_bad_outputs(made, tmp_pa
           "is a file, not a directory", a_file, made["hf"])
 
 
+@pytest.mark.parametrize("program, fmt", [("a3-export", "a3"), ("a3-export", "hf"),
+                                          ("a3-convert", None)])
+def test_disk_full_and_ctrl_c_while_writing_an_export_leave_nothing(made, tmp_path, capsys,
+                                                                    monkeypatch, program, fmt):
+  """ENOSPC (as tensorstore words it) mid-write: one line, exit 2; Ctrl-C: one line,
+  exit 130; neither leaves OUT or OUT.partial; a stale OUT.partial is cleaned up."""
+  from a3_jax import export
+  from a3_jax.convert import hf_export
+  out = tmp_path / "out"
+  if program == "a3-export":
+    write = lambda: export_run(made["run"], str(out), fmt=fmt)
+  else:
+    write = lambda: convert_cli.main([f"--from=hf:{made['hf']}", f"--out={out}"])
+  real_copy = export.copy_tokenizer
+  for failure, code in ((ValueError("OUT_OF_RANGE: write failed: No space left on device"), 2),
+                        (KeyboardInterrupt(), 130)):
+    def failing_copy(*args, failure=failure):
+      real_copy(*args)
+      raise failure
+    monkeypatch.setattr(export, "copy_tokenizer", failing_copy)
+    monkeypatch.setattr(hf_export, "copy_tokenizer", failing_copy)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info, user_errors(program):
+      write()
+    lines = [l for l in capsys.readouterr().err.splitlines()  # progress lines aside
+             if l.strip() and not l.startswith(("reading weights:", "writing "))]
+    assert exit_info.value.code == code and len(lines) == 1, lines
+    assert ("no space left on device" if code == 2 else "interrupted") in lines[0]
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+  monkeypatch.undo()
+  (tmp_path / "out.partial").mkdir()  # what a kill -9 leaves
+  (tmp_path / "out.partial" / "config.json").write_text("{")
+  write()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 def test_plot_refuses_an_unwritable_out(made, tmp_path, capsys):
   a_file = tmp_path / "a_file"
   a_file.write_text("x")
@@ -419,9 +542,9 @@ def _main_probes(made, tmp_path):
   ]
 
 
-def test_every_console_script_main_refuses_in_one_line(made, tmp_path, capsys):
-  probes = _main_probes(made, tmp_path)
-  watched = [made["run"], made["export"], made["hf"], str(tmp_path)]
+def assert_mains_refuse(probes, watched, capsys):
+  """Each (program, main, argv, message): exit 2, one line naming `message`, and every
+  path in `watched` byte-identical."""
   for program, main, argv, message in probes:
     before = [digest(p) for p in watched]
     capsys.readouterr()
@@ -433,6 +556,191 @@ def test_every_console_script_main_refuses_in_one_line(made, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), (argv, err)
     assert message in lines[0], (argv, lines[0])
     assert [digest(p) for p in watched] == before, argv
+
+
+def test_every_console_script_main_refuses_in_one_line(made, tmp_path, capsys):
+  assert_mains_refuse(_main_probes(made, tmp_path),
+                      [made["run"], made["export"], made["hf"], str(tmp_path)], capsys)
+
+
+def _word_tokenizer(directory, size: int, sidecar: str | None = None) -> str:
+  """A word-level tokenizer.json of `size` ids (its sidecar, if given, as raw text)."""
+  import tokenizers
+  os.makedirs(directory, exist_ok=True)
+  vocab = {"[UNK]": 0, "[EOS]": 1, **{f"w{i}": i for i in range(2, size)}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  path = os.path.join(directory, "tokenizer.json")
+  tok.save(path)
+  if sidecar is not None:
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+      f.write(sidecar)
+  return path
+
+
+def _hf_with(made, tmp_path, name, edit=None, raw: bytes | None = None, tokenizer=None) -> str:
+  """A copy of the HF export with its config.json edited (or replaced by raw bytes),
+  or its tokenizer replaced by the tokenizer.json `tokenizer`."""
+  hf = str(tmp_path / name)
+  shutil.copytree(made["hf"], hf)
+  config_path = os.path.join(hf, "config.json")
+  if edit is not None:
+    with open(config_path) as f:
+      config = json.load(f)
+    edit(config)
+    with open(config_path, "w") as f:
+      json.dump(config, f)
+  if raw is not None:
+    with open(config_path, "wb") as f:
+      f.write(raw)
+  if tokenizer is not None:
+    for old in glob.glob(os.path.join(hf, "tokenizer*")):
+      os.remove(old)
+    shutil.copy(tokenizer, os.path.join(hf, "tokenizer.json"))
+  return hf
+
+
+def _zero_head_gguf(path) -> str:
+  import gguf
+  w = gguf.GGUFWriter(str(path), "llama")
+  for add, value in (("add_block_count", 1), ("add_embedding_length", 64),
+                     ("add_feed_forward_length", 128), ("add_head_count", 0),
+                     ("add_vocab_size", 256)):
+    getattr(w, add)(value)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return str(path)
+
+
+def _round2_probes(made, tmp_path):
+  """(program, main, argv, message) of the issue-23 probes; each once ended in a
+  traceback, a hang, or a silently wrong exit 0 (see `before` in ROUND2_TABLE)."""
+  workdir = str(tmp_path / "new_run")
+  out = str(tmp_path / "out")
+  no_eos = _word_tokenizer(tmp_path / "no_eos", 300)
+  bad_sidecar = _word_tokenizer(tmp_path / "bad_sidecar", 300, sidecar="{not json")
+  big = _word_tokenizer(tmp_path / "big", 3000, sidecar='{"eos_token": "[EOS]"}')
+  other_2048 = _word_tokenizer(tmp_path / "other", 2048, sidecar='{"eos_token": "[EOS]"}')
+  def no_head_dim(c, heads=0):
+    c.pop("head_dim", None)
+    c["num_attention_heads"] = heads
+  zero_heads = _hf_with(made, tmp_path, "zero_heads", edit=no_head_dim)
+  latin1 = _hf_with(made, tmp_path, "latin1", raw=b'{"model_type": "llama", "name": "caf\xe9"}')
+  no_factor = _hf_with(made, tmp_path, "no_factor", edit=lambda c: c.update(
+      rope_scaling={"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64}))
+  big_tok_hf = _hf_with(made, tmp_path, "big_tok", tokenizer=big)
+  gguf_file = _zero_head_gguf(tmp_path / "zero_heads.gguf")
+  tiny = ["--preset=tiny", "--steps=1", "--batch_size=8", "--seq_len=32"]
+  text = tmp_path / "text.txt"
+  text.write_text("To be or not to be.\n")
+  train = ("a3-train", train_cli.main)
+  (tmp_path / "good.jsonl").write_text('{"text": "To be or not to be."}\n')
+  no_text = tmp_path / "no_text.jsonl"
+  no_text.write_text('\n{"body": "To be or not to be."}\n')
+  no_tokenizer = str(tmp_path / "export_without_tokenizer")
+  shutil.copytree(made["export"], no_tokenizer)
+  for name in glob.glob(os.path.join(no_tokenizer, "tokenizer*")):
+    os.remove(name)
+  return [
+      (*train, [f"--workdir={workdir}", *tiny, "--lr=1e39"],
+       "--lr must be a finite number > 0, got 1e+39 (infinite in float32)"),
+      (*train, [f"--workdir={workdir}", *tiny, "--curriculum=mix:ar=nan,perm:4=1:4"],
+       "mixture item 'ar=nan'"),
+      (*train, [f"--workdir={workdir}", *tiny, "--seq_len=64", "--curriculum=block:1000:4"],
+       "--curriculum stage 'block:1000': groups of 1000 tokens cover a whole row"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", "--seq_len=64",
+                                        "--curriculum=block:1000:4"],
+       "--curriculum stage 'block:1000': groups of 1000 tokens cover a whole row"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--init_from={no_tokenizer}"],
+       f"--init_from={no_tokenizer} holds no tokenizer file: pass --tokenizer"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}", "--batch_size=16"],
+       "--batch_size: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}", "--seq_len=16"],
+       "--seq_len: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}",
+                f"--data=text:{tmp_path}/good.jsonl"], "--data: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, f"--steps={STEPS + 1}",
+                f"--tokenizer={other_2048}"], "--tokenizer: the checkpoint in"),
+      (*train, [f"--workdir={made['run']}", *tiny, "--allow_change=tokenizer"],
+       "--allow_change=tokenizer: 'tokenizer' is not one of"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--data=text:{tmp_path}/*.jsonl"],
+       f"{no_text}, line 2: expected a JSON object with a string 'text' field"),
+      (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=nan"],
+       "--model=rms_eps=nan: invalid ModelConfig: rms_eps must be a number > 0"),
+      (*train, [f"--workdir={workdir}", *tiny, "--model=attention=chunked",
+                "--model=attention_chunk=0"], "attention_chunk must be >= 1, got 0"),
+      (*train, [f"--workdir={workdir}", *tiny, "--model=rms_eps=1e39"],
+       "rms_eps must be a number > 0 (finite in float32), got 1e+39"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--tokenizer={bad_sidecar}"],
+       "tokenizer_config.json is damaged or not JSON"),
+      (*train, [f"--workdir={workdir}", *tiny, f"--tokenizer={no_eos}"],
+       f"tokenizer {no_eos} has no EOS token"),
+      (*train, ["--workdir=gs://a3-no-bucket/run", *tiny], "--workdir=gs://a3-no-bucket/run: "),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{zero_heads}", f"--out={out}"],
+       "num_attention_heads must be >= 1, got 0"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", f"--init_from=hf:{zero_heads}"],
+       "num_attention_heads must be >= 1, got 0"),
+      ("a3-convert", convert_cli.main, [f"--from=gguf:{gguf_file}", f"--out={out}"],
+       "llama.attention.head_count (0)"),
+      ("a3-dry-run", dry_run_cli.main, ["--preset=tiny", f"--init_from=gguf:{gguf_file}"],
+       "llama.attention.head_count (0)"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{latin1}", f"--out={out}"],
+       "config.json is not UTF-8 text"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{no_factor}", f"--out={out}"],
+       "llama3 rope_scaling lacks ['factor']"),
+      ("a3-convert", convert_cli.main, [f"--from=hf:{big_tok_hf}", f"--out={out}"],
+       "has 3000 ids but model hf:"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint=hf:{big_tok_hf}", f"--text_file={text}"],
+       "has 3000 ids but model hf:"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--tokenizer={big}",
+                                  f"--text_file={text}"], "has 3000 ids but model"),
+      ("a3-generate", generate_cli.main, [f"--checkpoint={made['export']}", f"--tokenizer={big}",
+                                          "--prompt=a <blank:2>"], "has 3000 ids but model"),
+      ("a3-eval", eval_cli.main, [f"--checkpoint={made['export']}", f"--text_file={text}",
+                                  "--curve", "--curve_png=/no/such/dir/x.png"],
+       "--curve_png=/no/such/dir/x.png: directory /no/such/dir does not exist"),
+  ]
+
+
+# probe: (before this round, after)
+ROUND2_TABLE = {
+    "--model=rms_eps=nan": ("accepted; NaN at step 1, workdir written", "exit 2, one line"),
+    "--model=attention_chunk=0": ("traceback", "exit 2, one line"),
+    "--model=rms_eps=1e39": ("accepted; inf in float32", "exit 2, one line"),
+    "tokenizer_config.json not JSON": ("traceback (a3-train, a3-convert)", "exit 2, one line"),
+    "tokenizer without EOS": ("named as <JsonTokenizer object at 0x...>", "named by its path"),
+    "--workdir=gs:// without gcsfs": ("traceback (ImportError)", "exit 2, one line"),
+    "zero heads, HF config without head_dim": ("traceback (ZeroDivisionError)", "exit 2"),
+    "zero heads in a3-dry-run --init_from": ("traceback", "exit 2, one line"),
+    "zero heads in a GGUF": ("traceback (ZeroDivisionError)", "exit 2, one line"),
+    "HF config.json not UTF-8": ("traceback (UnicodeDecodeError)", "exit 2, one line"),
+    "llama3 rope_scaling without factor": ("traceback (KeyError)", "exit 2, one line"),
+    "3000-id tokenizer, 2048-id model": ("exit 0, prints nan (a3-eval); a3-convert accepts",
+                                        "exit 2 in a3-eval, a3-generate, a3-convert"),
+    "--curve_png=/no/such/dir/x.png": ("traceback after 30 s of work", "exit 2 before loading"),
+    "--lr=1e39": ("exit 0; lr NaN, checkpoint 1 all NaN", "exit 2, one line, nothing written"),
+    "--curriculum=mix:ar=nan,perm:4=1:4": ("traceback after the workdir was written",
+                                           "exit 2, one line, nothing written"),
+    "--seq_len=64 --curriculum=block:1000:4": ("exit 0, a unigram model (a3-train, a3-dry-run)",
+                                               "exit 2, one line"),
+    "--init_from=EXPORT without a tokenizer file": ("traceback", "exit 2, one line"),
+    "resume with another --batch_size / --seq_len / --data": (
+        "exit 0, no word, flags.json rewritten",
+        "exit 2 naming the flag and both values (--allow_change= to change on purpose)"),
+    "resume with another --tokenizer of the same size": (
+        "exit 0, trains on it", "exit 2 naming --tokenizer and both fingerprints"),
+    "--data=text:*.jsonl, a file whose lines lack text": (
+        "refused after config.json, flags.json, tokenizer, metrics, tensorboard/, checkpoints/",
+        "refused before any write, naming file and line"),
+}
+
+
+def test_round2_probes_refuse_in_one_line(made, tmp_path, capsys):
+  assert_mains_refuse(_round2_probes(made, tmp_path),
+                      [made["run"], made["export"], made["hf"], str(tmp_path)], capsys)
 
 
 @pytest.mark.parametrize("argv, message", [

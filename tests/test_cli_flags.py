@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 TOOLS = {"train": ["workdir", "preset", "model", "init_from", "coordinator_address"],
-         "dry_run": ["devices", "compile", "preset", "mesh"],
+         "dry_run": ["devices", "compile", "preset", "mesh", "topology", "mfu", "what", "json"],
          "export": ["workdir", "out", "dtype", "format"],
          "plot": ["out"],
          "convert": ["from", "out", "dtype"],
@@ -30,6 +30,24 @@ def test_help_lists_the_tools_own_flags_and_bad_flags_exit_2(tool, capsys):
   err = capsys.readouterr().err
   assert err.startswith(f"a3-{tool.replace('_', '-')}: error:") and "no_such_flag" in err
   assert err.count("\n") == 1
+
+
+def test_help_loads_no_jax():
+  """--help answers in a fraction of a second: parsing the flags imports no JAX (only
+  a3-train and a3-dry-run still do, through the trainer)."""
+  import subprocess
+  import sys
+  code = ("import sys\n"
+          "from a3_jax.cli import common, convert, eval, export, generate, plot, lm_eval_harness\n"
+          "for m in (convert, eval, export, generate, plot):\n"
+          "  try:\n"
+          "    m.main(['--help'])\n"
+          "  except SystemExit:\n"
+          "    pass\n"
+          "assert 'jax' not in sys.modules, 'jax imported'\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count("flags:") == 5
 
 
 def test_train_flags_are_the_job_fields_with_the_job_defaults():

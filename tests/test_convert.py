@@ -20,6 +20,7 @@ from a3_jax.convert import hf_params
 from a3_jax.convert.gguf_file import _factors, llama3_scaling_from_factors
 from a3_jax.convert.hf_dir import HFDir
 from a3_jax.convert.loader import load_pretrained, read_config
+from a3_jax.errors import UserError
 from a3_jax.tokenizer import JsonTokenizer, load_tokenizer
 from hf_reference import IDS, LLAMA3, content_logits, hf_logits, make_hf_llama
 
@@ -248,8 +249,10 @@ def test_sentencepiece_tokenizer_model_is_preferred(tmp_path):
   from a3_jax.data.corpus import asset_path
   make_hf_llama(str(tmp_path))
   (tmp_path / "tokenizer.model").write_bytes(asset_path("shakespeare.model").read_bytes())
-  _, _, tok = load_pretrained(f"hf:{tmp_path}")
+  tok = HFDir(str(tmp_path)).tokenizer()  # the directory's own, before any check
   assert tok.vocab_size == 2048 and tok.decode(tok.encode("To be, or not")) == "To be, or not"
+  with pytest.raises(UserError, match="has 2048 ids but model hf:"):  # the model has 97
+    load_pretrained(f"hf:{tmp_path}")
 
 
 # --- bad input ----------------------------------------------------------------------

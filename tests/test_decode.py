@@ -240,3 +240,13 @@ def test_bad_inputs(params):
   with pytest.raises(ValueError, match="pad_id -1 is outside the vocabulary"):
     decode.decode_groups(params, CFG, np.zeros((1, 4), np.int32), np.ones((1, 4), np.int32),
                          pad_id=-1)
+
+
+def test_cached_decoding_of_a_model_trained_with_remat(params, decoded):
+  """remat is a training setting a run's config carries into its export; the cached
+  decoder (no backward pass) must decode such a model exactly as without it."""
+  tokens, groups, forms = decoded
+  got = jax.device_get(decode.decode_groups(
+      params, CFG.replace(remat="full"), tokens, groups, sampler=SamplerConfig(temperature=1.0),
+      seed=3, form="cached"))
+  np.testing.assert_array_equal(got.tokens, forms["cached"].tokens)

@@ -88,3 +88,38 @@ def test_the_program_exits_2_with_one_line(tmp_path):
   proc = run_module("a3_jax.cli.generate", f"--checkpoint={tmp_path}", "--prompt=a <blank:2>")
   assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "a3-generate",
                         "not an a3_jax export")
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory):
+  """A tiny export that says it was converted from an AR LLaMA (as a3-convert writes)."""
+  from a3_jax.export import RUN_FLAGS
+  path = tiny_export(tmp_path_factory.mktemp("converted"))
+  with open(f"{path}/{RUN_FLAGS}", "w") as f:
+    json.dump({"converted_from": "gguf:model.gguf", "query_stream": False}, f)
+  return path
+
+
+@pytest.mark.slow
+def test_content_head_continues_causally_and_query_head_warns(converted_dir):
+  from a3_jax.tokenizer import load_tokenizer
+  prompt = load_tokenizer().encode("ROMEO:")
+  code, out, err = _generate(f"--checkpoint={converted_dir}", "--prompt=ROMEO:", "--head=content",
+                             "--max_new_tokens=5", "--temperature=0", "--json")
+  assert code == 0 and "warning" not in err, err[-2000:]
+  sample = json.loads(out)
+  assert sample["tokens"][:len(prompt)] == prompt and len(sample["tokens"]) <= len(prompt) + 5
+  assert sample["groups"][len(prompt):] == list(range(1, len(sample["groups"]) - len(prompt) + 1))
+  code, out, err = _generate(f"--checkpoint={converted_dir}", "--prompt=ROMEO:",
+                             "--max_new_tokens=2")
+  assert code == 0 and "query stream was never trained" in err and "--head=content" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--decoder=dynamic"], "--decoder=dynamic is for --head=query"),
+    (["--prompt=a <blank:2-4> b"], "use <blank:N> with --head=content"),
+])
+def test_content_head_refuses_query_only_options(converted_dir, args, message):
+  args = ["--prompt=a <blank:2>"] * (not any(a.startswith("--prompt") for a in args)) + args
+  assert_one_line_error(_generate(f"--checkpoint={converted_dir}", "--head=content", *args),
+                        "a3-generate", message)

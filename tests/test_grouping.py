@@ -138,3 +138,13 @@ def test_bad_strategy_names_raise(spec, message):
 def test_malformed_curricula_raise(spec):
   with pytest.raises(ValueError):
     parse_curriculum(spec)
+
+
+def test_steps_run_counts_each_stage_within_the_run():
+  from a3_jax.grouping import parse_curriculum
+  c = parse_curriculum("ar:10,perm:4:5")
+  steps = lambda total, start=0: [n for _, n in c.steps_run(total, start)]
+  assert steps(20) == [10, 10]  # the last stage runs on
+  assert steps(8) == [8, 0]
+  assert steps(20, start=12) == [0, 8]
+  assert steps(20, start=4) == [6, 10]

@@ -102,18 +102,21 @@ def test_tpu_dry_run_prints_the_commands_and_runs_none(fake_env):
   env, flagfile = fake_env
   out = _run(TPU, [*TPU_ARGS, f"--flagfile={flagfile}", "--dry_run", "--", *EXTRA], env).stdout
   assert _calls(env) == []
-  describe, create, clean, wheel, scp, install, train = _commands(out)
+  describe, create, clean, wheel, pack, scp, install, train = _commands(out)
   assert describe[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
   assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "a3-v5p"]
   assert _opt(create, "accelerator-type") == "v5p-64"
   assert _opt(create, "version") == "v2-alpha-tpuv5" and "--spot" in create
   assert clean[:2] == ["rm", "-rf"] and wheel[:4] == ["python3", "-m", "pip", "wheel"]
-  whl = os.path.join(wheel[wheel.index("--wheel-dir") + 1], WHEEL)
+  wheel_dir = wheel[wheel.index("--wheel-dir") + 1]
+  tgz = os.path.join(wheel_dir, "a3-flags.tgz")
+  assert pack == ["tar", "-czf", tgz, "-C", str(flagfile.parent), flagfile.name]
   assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
-  assert scp[5:8] == [whl, str(flagfile), "a3-v5p:"]
+  assert scp[5:8] == [os.path.join(wheel_dir, WHEEL), tgz, "a3-v5p:"]
   for command in (scp, install, train):  # every worker of the slice, in its zone
     assert _opt(command, "worker") == "all" and _opt(command, "zone") == "us-east5-a"
-  assert f"'jax[tpu]' ./{WHEEL}" in _opt(install, "command")
+  assert _opt(install, "command").startswith("tar -xzf a3-flags.tgz && ")
+  assert f"'jax[tpu]' './{WHEEL}[gcs]'" in _opt(install, "command")  # gcsfs for gs://
   assert shlex.split(_opt(train, "command")) == [
       "a3-venv/bin/a3-train", "--flagfile=run.flags", *EXTRA]
 
@@ -140,6 +143,50 @@ def test_tpu_run_on_every_worker_parses_the_extra_flags(fake_env, tmp_path):
   (venv / "a3-train").symlink_to(tmp_path / "bin" / "a3-train")
   subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, check=True)  # what ssh runs
   assert _calls(env) == [["a3-train", "--flagfile=run.flags", *EXTRA]]
+
+
+def test_tpu_workers_get_every_included_flag_file(fake_env, tmp_path):
+  env, _ = fake_env
+  launch_dir = tmp_path / "checkout"
+  (launch_dir / "experiments" / "paper").mkdir(parents=True)
+  (launch_dir / "experiments" / "base.flags").write_text("--seq_len=64\n")
+  (launch_dir / "experiments" / "paper" / "common.flags").write_text(
+      "--flagfile=experiments/base.flags\n--steps=7\n")
+  (launch_dir / "experiments" / "paper" / "run.flags").write_text(
+      "# a comment\n--flagfile=experiments/paper/common.flags\n--preset=tiny\n"
+      "-flagfile=experiments/base.flags\n")
+  args = [*TPU_ARGS, "--flagfile=experiments/paper/run.flags", "--dry_run"]
+  proc = subprocess.run(["bash", TPU, *args], env=env, cwd=launch_dir, capture_output=True,
+                        text=True, timeout=60, check=True)
+  pack = next(c for c in _commands(proc.stdout) if c[0] == "tar")
+  assert pack[pack.index("-C", 4):] == ["-C", str(launch_dir), "experiments/paper/common.flags",
+                                        "experiments/base.flags"]
+  os.makedirs(os.path.dirname(pack[2]), exist_ok=True)  # (pip wheel makes it)
+  subprocess.run(pack, cwd=launch_dir, check=True)  # what the launcher runs, then a worker:
+  home = tmp_path / "worker"
+  home.mkdir()
+  subprocess.run(["tar", "-xzf", pack[2]], cwd=home, check=True)
+  from a3_jax.cli import train
+  train.F.unparse_flags()
+  cwd = os.getcwd()
+  try:
+    os.chdir(home)
+    train.F(["a3-train", "--flagfile=run.flags"])
+    assert (train.F.preset, train.F.steps, train.F.seq_len) == ("tiny", 7, 64)
+  finally:
+    os.chdir(cwd)
+    train.F.unparse_flags()
+
+
+@pytest.mark.parametrize("include, message", [
+    ("/abs/common.flags", "includes /abs/common.flags: name it relative"),
+    ("missing.flags", "includes missing.flags: no such file"),
+])
+def test_tpu_refuses_an_include_a_worker_cannot_get(fake_env, include, message):
+  env, flagfile = fake_env
+  flagfile.write_text(f"--flagfile={include}\n")
+  proc = _run(TPU, [*TPU_ARGS, f"--flagfile={flagfile}", "--dry_run"], env, check=False)
+  assert proc.returncode == 2 and message in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -134,3 +134,25 @@ def test_bad_model_args_are_clear_errors(kwargs, message):
   from a3_jax.lm_eval_model import A3JaxLM
   with pytest.raises(ValueError, match=message):
     A3JaxLM(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"window": "abc"}, "window=abc is not an integer"),
+    ({"context": "-1"}, "context must be an integer >= 0"),
+    ({"seed": "1.5"}, "seed=1.5 is not an integer"),
+])
+def test_integer_model_args_are_checked(kwargs, message):
+  from a3_jax.lm_eval_model import A3JaxLM
+  with pytest.raises(ValueError, match=message):
+    A3JaxLM(pretrained="x", **kwargs)
+
+
+def test_model_defaults_to_a3_jax_and_help_lists_its_args(capsys):
+  from a3_jax.cli.lm_eval_harness import lm_eval_argv, main
+  assert lm_eval_argv(["--tasks", "piqa"]) == ["--model", "a3_jax", "--tasks", "piqa"]
+  assert lm_eval_argv(["--model=hf", "--tasks", "piqa"]) == ["--model=hf", "--tasks", "piqa"]
+  assert lm_eval_argv(["ls", "tasks"]) == ["ls", "tasks"]
+  with pytest.raises(SystemExit):
+    main(["--help"])
+  out = capsys.readouterr().out
+  assert "rolling_grouping  loglikelihood_rolling's grouping" in out and "--model_args" in out

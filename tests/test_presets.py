@@ -32,7 +32,7 @@ def test_flag_file_dry_run_reports_bytes_per_device():
   # One subprocess (a3-dry-run needs its own device count); every flag file's config is
   # compared with a3-train's in-process in test_run_config.py.
   path = os.path.join(ROOT, "experiments", "paper", "llama3.2-1b_v5p.flags")
-  proc = subprocess.run([sys.executable, "-m", "a3_jax.cli.dry_run", f"--flagfile={path}"],
+  proc = subprocess.run([sys.executable, "-m", "a3_jax.cli.dry_run", f"--flagfile={path}", "--json"],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])

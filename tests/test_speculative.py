@@ -207,3 +207,15 @@ def test_bad_inputs(big_params):
     spec.decode_speculative(big_params, BIG, tokens, dup)
   with pytest.raises(UserError, match="shaped like"):
     spec.decode_speculative(big_params, BIG, tokens, order[:, :3])
+
+
+def test_a_draft_larger_than_the_blanks_is_capped(params):
+  """--draft_size=1000 on a prompt of 4 blanks compiles k = 4 (it once compiled for
+  minutes): the same samples as draft size 4, from one compilation."""
+  tokens, order = TEMPLATE[None], _order_ids(range(len(BLANKS)))[None]
+  capped = jax.device_get(spec.decode_speculative(params, CFG, tokens, order, draft_size=4,
+                                                  seed=2))
+  huge = jax.device_get(spec.decode_speculative(params, CFG, tokens, order, draft_size=1000,
+                                                seed=2))
+  np.testing.assert_array_equal(huge.tokens, capped.tokens)
+  np.testing.assert_array_equal(huge.calls, capped.calls)

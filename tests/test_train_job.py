@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cli_helpers import subprocess_env
+from cli_helpers import kill_after_checkpoint, subprocess_env
 
 from a3_jax.metrics import read_metrics
 
@@ -41,12 +41,7 @@ def test_resume_after_sigkill_logs_the_same_losses(tmp_path):
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_cmd(killed, "--steps=12", "--save_every=4", "--eval_every=100"),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "8").exists():
-    assert proc.poll() is None and time.time() < deadline, "run ended before step 8 was saved"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(proc, killed, 8)
   _run(killed, "--steps=12", "--save_every=4", "--eval_every=100")
   expected, got = _train_losses(straight), _train_losses(killed)
   assert sorted(got) == list(range(1, 13))

@@ -147,6 +147,24 @@ def test_stage_changes_do_not_recompile_the_step():
   assert _compiles(step) == {False: 1}  # no 'causal' stage: no causal program
 
 
+def test_a_step_whose_updated_params_are_not_finite_is_not_applied():
+  """Loss and gradient norm finite, the update not (a NaN in the optimizer's moments,
+  as an lr infinite in float32 makes): the old params are kept and the step flagged."""
+  tc = TrainConfig(total_steps=4)
+  mesh = shd.make_mesh("data:8")
+  with jax.set_mesh(mesh):
+    shardings = state_shardings(CFG, tc, mesh)
+    state = init_state(CFG, tc, jax.random.key(0), mesh)
+    nan_moments = jax.tree.map(lambda x: x * np.nan if x.ndim else x, state.opt_state)
+    state = state.replace(opt_state=nan_moments)
+    before = jax.tree.map(np.asarray, state.params)
+    step = make_train_step(CFG, tc, parse_curriculum("ar:4"), mesh, shardings)
+    state, metrics = step(state, shd.shard_batch(_batch(), mesh), jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert int(metrics["nonfinite"]) == 1
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.params), before)
+
+
 def test_gradient_accumulation_matches_one_big_batch():
   tc = TrainConfig(lr=1e-3, warmup_steps=0, total_steps=3)
   plain, _ = _run(3, tc)

@@ -28,6 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask
+from jax.sharding import PartitionSpec as P
+
+from a3_jax import sharding as shd
 
 _LANES = 128  # splash tiles rows and keys in multiples of this
 # Splash sink logit: starts every row's running max and denominator (exp(0) = 1)
@@ -78,20 +81,22 @@ class _TwoStreamMask(splash_attention_mask._ComputableMask):
     return hash((type(self), self.shape, self.t, self.group_size))
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, rows: int, t: int, group_size: int, interpret: bool):
+  """Built in the trace that calls it: its mask tables become constants of that trace
+  (no eager arrays, which compile-only devices could not hold); the numpy work behind
+  them is cached by splash itself (equal masks hash equal)."""
   block = next(b for b in (512, 256, _LANES) if t % b == 0 and rows % b == 0)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block,
                             block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
   mask = splash.MultiHeadMask([_TwoStreamMask(rows, t, group_size)] * heads)
-  with jax.ensure_compile_time_eval():  # concrete mask tables, reusable across traces
-    return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                                  interpret=interpret)
+  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
+                                interpret=interpret)
 
 
-def _splash_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT,
-                      group_size, interpret):
+def _splash_local(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT, group_size,
+                  interpret):
+  """Splash over the rows and heads one device holds (the kernel cannot be partitioned)."""
   b, r, n, h = q_BxRxNxH.shape
   t = k_BxTxKxH.shape[1]
   kernel = _splash_kernel(n, r, t, group_size, interpret)
@@ -104,6 +109,24 @@ def _splash_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT,
   out_BxNxRxH = jax.vmap(one)(q_BxNxRxH, jnp.swapaxes(k_BxTxKxH, 1, 2),
                               jnp.swapaxes(v_BxTxKxH, 1, 2), seg_rows_BxR, seg_BxT)
   return jnp.swapaxes(out_BxNxRxH, 1, 2)
+
+
+def _splash_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT,
+                      group_size, interpret):
+  """Splash per device: under a mesh, inside shard_map with rows split as the batch
+  and heads as the kv heads are (sharding.py's act_batch / act_heads rules; the query
+  heads of one kv head stay on its device), so every device runs whole GQA groups."""
+  local = functools.partial(_splash_local, group_size=group_size, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return local(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT)
+  b, kv_heads = k_BxTxKxH.shape[0], k_BxTxKxH.shape[2]
+  rows, = shd.logical_to_spec(("act_batch",), (b,), mesh)
+  heads, = shd.logical_to_spec(("act_heads",), (kv_heads,), mesh)
+  x_spec, seg_spec = P(rows, None, heads, None), P(rows, None)
+  return jax.shard_map(local, mesh=mesh, in_specs=(x_spec, x_spec, x_spec, seg_spec, seg_spec),
+                       out_specs=x_spec, check_vma=False)(
+                           q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT)
 
 
 def _dense_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, seg_rows_BxR, seg_BxT, group_size):
@@ -129,7 +152,8 @@ def two_stream_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, group_BxT, seg_BxT, *,
   rows use group - 1). Equals `attention.einsum_attention` with those row/key
   integers whenever `block_aligned` holds (checked here when the ids are
   concrete). backend: 'splash' (TPU kernel; `interpret` runs it on CPU), 'xla'
-  (jax.nn.dot_product_attention) or 'auto' (splash on TPU). Returns [B, R, N, H]
+  (jax.nn.dot_product_attention) or 'auto' (splash when the devices the step is built
+  for are TPUs: sharding.mesh_platform, never the host's backend). Returns [B, R, N, H]
   in v's dtype.
   """
   b, r, n, h = q_BxRxNxH.shape
@@ -139,7 +163,7 @@ def two_stream_attention(q_BxRxNxH, k_BxTxKxH, v_BxTxKxH, group_BxT, seg_BxT, *,
   if group_size < 1:
     raise ValueError(f"group_size must be >= 1, got {group_size}")
   if backend == "auto":
-    backend = "splash" if jax.default_backend() == "tpu" else "xla"
+    backend = "splash" if shd.mesh_platform() == "tpu" else "xla"
   if backend not in ("splash", "xla"):
     raise ValueError(f"backend must be 'auto', 'splash' or 'xla', got {backend!r}")
   group_BxT, seg_BxT = jnp.asarray(group_BxT, jnp.int32), jnp.asarray(seg_BxT, jnp.int32)

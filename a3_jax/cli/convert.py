@@ -15,7 +15,6 @@ import sys
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.convert.to_export import convert
 from a3_jax.errors import UserError
 
 F = flags.FlagValues()
@@ -33,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     if not F["from"].value or not F.out:
       raise UserError("--from and --out are required")
-    out = convert(F["from"].value, F.out, F.dtype)
+    from a3_jax.convert.to_export import convert  # after parsing: --help stays quick
+    out = convert(F["from"].value, F.out, F.dtype,
+                  report=lambda line: print(line, file=sys.stderr, flush=True))
   print(f"wrote {out}")
   return 0
 

@@ -1,19 +1,29 @@
 """`a3-dry-run --flagfile=F`: check a training flag file without hardware or weights.
 
-Builds the model config, the abstract params and optimizer state with
-`jax.eval_shape` on a fake CPU mesh of the flag file's size, shards them by the
-rules, and prints bytes per device. The model config is the one a3-train builds
-(train.config.planned_config); an --init_from not reachable here is stood in by --preset.
-With --compile it also lowers and compiles the train step for that mesh and prints
-XLA's memory analysis (slow for big models).
-Stdout: one JSON object; human text on stderr.
+  a3-dry-run --flagfile=experiments/paper/llama3.2-1b_v5p.flags --topology=v5p:2x4x4
+  a3-dry-run --preset=tiny --mesh=fsdp:8 --topology=h100:8 --json
+
+Builds the model config, the abstract params and optimizer state (`jax.eval_shape`)
+and shards them by the rules: bytes per device. Checks the grammar of --data and
+--eval_data (data.spec) without reading any data. The model config and the step are
+a3-train's own (train.config.planned_config, train.step.make_train_step); an
+--init_from not reachable here is stood in by --preset. Without --topology the
+devices are fake CPU ones (as many as --mesh names).
+
+--topology=NAME compiles the real train step ahead of time for a target's devices,
+on this host: TPU slices as libtpu names them (v5p:2x2x1, v5p:4x4x4, v5e:2x2, v4:2x2x1,
+v6e:16x16; needs the [tpu-aot] extra) or GPUs as MODEL:N (one host of N) or
+MODEL:SLICESxHOSTSxDEVICES, MODEL one of a100, h100, h200 (needs [gpu-aot]). It
+prints per chip the argument, output, temp and code bytes, the chip's HBM and the
+headroom, model FLOPs per step (flops.py), the step time at peak, tokens/s per chip
+and the run's wall time at --mfu. A plan that does not fit exits 2 in one line.
+--compile compiles for the fake CPU devices instead (memory analysis only).
+--json: stdout is one JSON object (the human lines go to stderr).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 
 from absl import flags
@@ -29,6 +39,19 @@ flags.DEFINE_integer("devices", None, "fake devices (default: the --mesh product
                      flag_values=F)
 flags.DEFINE_bool("compile", False, "also compile the train step and report its memory",
                   flag_values=F)
+flags.DEFINE_string("topology", None, "compile for this accelerator target's devices "
+                    "(v5p:2x2x1, v5e:16x16, h100:8, h200:1x2x8, a100:8; see --help)",
+                    flag_values=F)
+flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation assumed for tokens/s and wall time",
+                   flag_values=F)
+flags.DEFINE_enum("what", "train", ["train", "decode"], "train: a3-train's step; decode: "
+                  "a3-generate's cached group decoder for --batch_size rows of --seq_len",
+                  flag_values=F)
+flags.DEFINE_integer("group_size", 1, "--what=decode: tokens committed per step", flag_values=F)
+flags.DEFINE_integer("prompt_len", None, "--what=decode: known tokens per row (default: half "
+                     "of --seq_len)", flag_values=F)
+flags.DEFINE_bool("json", False, "stdout: one JSON object (the human lines go to stderr)",
+                  flag_values=F)
 
 
 def _device_count(argv) -> int:
@@ -43,6 +66,8 @@ def _device_count(argv) -> int:
     F.unparse_flags()
     return 8  # main reports the malformed flag or flag file
   try:
+    if F.topology:
+      return 1  # the target's devices are compile-only; the CPU runtime needs one
     if F.devices is not None and F.devices < 1:
       raise UserError(f"--devices must be >= 1, got {F.devices}")
     count = F.devices or mesh_device_count(F.mesh)
@@ -54,92 +79,93 @@ def _device_count(argv) -> int:
     F.unparse_flags()
 
 
-def init_config(job):
-  """(config of --init_from or None, note): a checkpoint not reachable from here (the
-  paper's flag files name cluster paths) is stood in by --preset, and the note says so."""
-  from a3_jax.config import get_preset
-  from a3_jax.convert.loader import read_config
-  if not job.init_from:
-    return None, None
-  try:
-    return read_config(job.init_from), None
-  except UserError as e:
-    return get_preset(job.preset), (f"{job.init_from} not readable here ({e}); "
-                                    f"--preset={job.preset} stands in for its config")
+def _decode_lines(r: dict) -> list[str]:
+  gib = 2.0 ** 30
+  lines = [f"{r['preset']} decoding {r['batch']} rows of {r['seq_len']} ({r['prompt_len']} "
+           f"known, {r['group_size']} per step, {r['steps']} steps) on {r['devices']} "
+           f"{r['device_kind']} devices {r['mesh']}: params {r['param_bytes_per_device'] / gib:.2f}"
+           f" GiB, KV cache {r['cache_bytes_per_device'] / gib:.2f} GiB per device",
+           f"compiled decoder per device: total {r['total_bytes'] / gib:.2f} GiB (temporaries "
+           f"{r['temp_bytes'] / gib:.2f})" + (f" of {r['hbm_bytes'] / gib:.1f} GiB HBM, headroom "
+                                              f"{r['headroom_bytes'] / gib:.1f} GiB"
+                                              if r["hbm_bytes"] else "")]
+  if "step_seconds_memory_bound" in r:
+    lines.append(f"memory-bound roofline: {r['step_seconds_memory_bound'] * 1e3:.2f} ms per step "
+                 f"(weights {r['weights_read_bytes_per_step'] / gib:.2f} GiB + cache read), "
+                 f"{r['tokens_per_s_per_chip']:,.0f} tokens/s per chip")
+  return lines
 
 
-def report(job, compile_step: bool) -> dict:
-  import jax
-  import numpy as np
-  from flax.linen import meta
-
-  from a3_jax import sharding as shd
-  from a3_jax.grouping import parse_curriculum
-  from a3_jax.train.config import planned_config, validate_mesh
-  from a3_jax.train.state import boxed_state, state_shardings
-  from a3_jax.train.step import make_train_step
-
-  curriculum = parse_curriculum(job.curriculum)
-  stand_in, note = init_config(job)
-  model_config = planned_config(job, stand_in)
-  mesh = shd.make_mesh(job.mesh)
-  validate_mesh(job, mesh)
-  tc = job.train_config
-  with jax.set_mesh(mesh):
-    abstract = jax.eval_shape(lambda k: meta.unbox(boxed_state(model_config, tc, k)),
-                              jax.random.key(0))
-    shardings = state_shardings(model_config, tc, mesh)
-
-    def per_device(tree, shard_tree):
-      total = 0
-      for leaf, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(shard_tree)):
-        shape = sh.shard_shape(leaf.shape)
-        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
-      return total
-
-    out = {"preset": job.preset, "model_config": model_config.to_dict(),
-           "init_from_note": note, "mesh": dict(mesh.shape), "devices": mesh.size,
-           "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
-           "param_bytes_per_device": per_device(abstract.params, shardings.params),
-           "opt_state_bytes_per_device": per_device(abstract.opt_state, shardings.opt_state),
-           "stages": [s.name for s, _ in curriculum.stages],
-           "global_batch_tokens": job.batch_size * job.seq_len}
-    if compile_step:
-      step = make_train_step(model_config, tc, curriculum, mesh, shardings)
-      local = job.batch_size
-      batch = {k: jax.ShapeDtypeStruct((local, job.seq_len), np.int32,
-                                       sharding=shd.batch_sharding(mesh))
-               for k in ("tokens", "segment_ids", "positions")}
-      state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           abstract, shardings)
-      with shd.axis_rules():
-        mem = step.jitted.lower(state, batch, jax.random.key(0)).compile().memory_analysis()
-      out["compiled_temp_bytes_per_device"] = int(mem.temp_size_in_bytes)
-      out["compiled_argument_bytes_per_device"] = int(mem.argument_size_in_bytes)
-  return out
+def _lines(r: dict) -> list[str]:
+  """The human summary of a plan."""
+  if r.get("what") == "decode":
+    return _decode_lines(r)
+  gib = 2.0 ** 30
+  lines = [f"{r['preset']}: {r['params'] / 1e9:.2f}B params on {r['devices']} "
+           f"{r['device_kind']} devices {r['mesh']}: params "
+           f"{r['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
+           f"{r['opt_state_bytes_per_device'] / gib:.2f} GiB per device"]
+  for name in ("data", "eval_data"):
+    if name in r:
+      lines.append(f"--{name}: " + ", ".join(f"{c['source']} ({c['weight']:.0%})"
+                                             for c in r[name]))
+  if "total_bytes" in r:
+    hbm = (f" of {r['hbm_bytes'] / gib:.1f} GiB HBM, headroom {r['headroom_bytes'] / gib:.1f} GiB"
+           if r["hbm_bytes"] else "")
+    lines.append(f"compiled step per device: arguments {r['argument_bytes'] / gib:.2f} GiB, "
+                 f"outputs {r['output_bytes'] / gib:.2f} (aliased {r['alias_bytes'] / gib:.2f}), "
+                 f"temporaries {r['temp_bytes'] / gib:.2f}, code {r['code_bytes'] / gib:.3f}: "
+                 f"total {r['total_bytes'] / gib:.2f} GiB{hbm}")
+    calls = ", ".join(f"{k} x{v}" for k, v in sorted(r["custom_calls"].items())) or "none"
+    lines.append(f"custom calls: {calls}")
+    lines.append(f"model FLOPs per step {r['model_flops_per_step']:.3g} (flops.py, mean over "
+                 f"the run's stages)")
+    if "step_seconds_at_peak" in r:
+      lines.append(f"roofline: {r['step_seconds_at_peak']:.3f} s per step at peak; at "
+                   f"{r['mfu_assumed']:.0%} MFU {r['tokens_per_s_per_chip_at_mfu']:,.0f} "
+                   f"tokens/s per chip, the run ({sum(s['steps'] for s in r['stage_flops'])} "
+                   f"steps) {r['run_seconds_at_mfu'] / 3600:.2f} h")
+  return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Needs as many devices as the flag file's mesh (`entry` makes fake CPU ones)."""
+  """Without --topology, needs as many devices as the flag file's mesh (`entry` makes
+  fake CPU ones)."""
   with cli.user_errors("a3-dry-run"):
     args = cli.parse(F, argv, "a3-dry-run", __doc__)
     if args:
       raise UserError(f"unexpected arguments: {args}")
-    result = report(job_from_flags(F), F.compile)
+    if not 0 < F.mfu <= 1:
+      raise UserError(f"--mfu must be in (0, 1], got {F.mfu}")
+    from a3_jax import aot, targets
+    job = job_from_flags(F)
+    if F.topology:
+      targets.prepare_environment()  # libtpu reads these when it first loads
+      devices = targets.target_devices(F.topology)
+    else:
+      import jax
+      devices = jax.devices()
+    if F.what == "decode":
+      result = aot.decode_plan(job, devices, group_size=F.group_size,
+                               prompt_len=F.prompt_len or job.seq_len // 2)
+    else:
+      result = aot.train_plan(job, devices, compile_step=F.compile or bool(F.topology),
+                              mfu=F.mfu)
+    human = sys.stderr if F.json else sys.stdout
     if result["init_from_note"]:
       print(f"note: {result['init_from_note']}", file=sys.stderr)
-    gib = 2.0 ** 30
-    print(f"{result['preset']}: {result['params'] / 1e9:.2f}B params on {result['devices']} devices "
-          f"{result['mesh']}: params {result['param_bytes_per_device'] / gib:.2f} GiB + optimizer "
-          f"{result['opt_state_bytes_per_device'] / gib:.2f} GiB per device", file=sys.stderr)
-    print(json.dumps(result))
+    for line in _lines(result):
+      print(line, file=human)
+    if F.json:
+      print(json.dumps(result))
   return 0
 
 
 def entry():
   with cli.user_errors("a3-dry-run"):
     count = _device_count(sys.argv)
-  os.environ["JAX_PLATFORMS"] = "cpu"
+  from a3_jax import targets
+  targets.prepare_environment()
   import jax
   jax.config.update("jax_num_cpu_devices", count)
   sys.exit(main())

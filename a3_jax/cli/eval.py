@@ -7,13 +7,17 @@
   a3-eval --checkpoint=exports/mdm --text_file=play.txt --head=mdm --elbo_samples=32
   a3-eval --checkpoint=exports/default --task=piqa --task_data=piqa/dev.jsonl --limit=500
   a3-eval --checkpoint=exports/default --conditional="{{Fair is}} [[foul]], and foul is fair"
+  a3-eval --checkpoint=exports/sft --responses=qa.jsonl --target_grouping=perm:4
 
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE. --text_file: a .jsonl
 file is one document per line (its `text` field); `shakespeare:SPLIT` the embedded
 plays of a split (validation: Macbeth, The Tempest, Twelfth Night); any other file
 is one document. Windows default to the sequence length the export was trained
 on, each later one conditioning on half of the previous. --conditional (repeatable): log p(x_A | x_B) of a marked text,
-[[target]] and {{condition}} spans, the rest absent (a3_jax/marked.py). --json
+[[target]] and {{condition}} spans, the rest absent (a3_jax/marked.py). --responses:
+log p(response | prompt) of a .jsonl file of prompt/response or chat records (the
+prompt given as group 0, the response ordered by --target_grouping) and the fraction
+whose every response token is the argmax (a3_jax/responses.py). --json
 prints the result as one JSON object on stdout (the table on stderr).
 """
 
@@ -24,15 +28,9 @@ import sys
 
 from absl import flags
 
-from a3_jax import evaluate
-from a3_jax.convert.loader import load_model
 from a3_jax.cli import common as cli
-from a3_jax.data.text_file import read_texts
-from a3_jax.likelihood_report import (format_likelihood, likelihood_report, trained_mdm_shift,
-                                      window_and_context)
 from a3_jax.errors import UserError
-from a3_jax.tasks.fill import METHODS
-from a3_jax.tasks.run import TASKS
+from a3_jax.tasks import FILL_METHODS as METHODS, TASKS
 
 DEFAULT_GROUPINGS = {"query": "ar,block:4,perm:4", "content": "ar"}
 
@@ -64,13 +62,17 @@ flags.DEFINE_bool("mdm_shift", None, "--head=mdm: the model predicts token i + 1
                   "export's training flags", flag_values=F)
 flags.DEFINE_bool("curve", False, "also the parallelism-likelihood curve: block and perm, "
                   "group sizes 1, 2, 4, 8, 16 (table + PNG)", flag_values=F)
-flags.DEFINE_string("curve_png", "parallelism_curve.png", "where --curve writes its PNG",
-                    flag_values=F)
+flags.DEFINE_string("curve_png", None, "where --curve writes its PNG (default: "
+                    "parallelism_curve.png in the export directory; for hf:/gguf: checkpoints "
+                    "in the current directory)", flag_values=F)
 flags.DEFINE_bool("json", False, "stdout: one JSON object (the human table goes to stderr)",
                   flag_values=F)
 flags.DEFINE_enum("task", None, TASKS, "a task of the paper's suite",
                     flag_values=F)
-flags.DEFINE_string("task_data", None, "task file (.jsonl/.json/.csv) or tfds:NAME[:SPLIT]",
+flags.DEFINE_string("task_data", None, "the task's data, which you download: its published "
+                    "file (.jsonl/.json/.csv; PIQA and SIQA with the sibling "
+                    "<name>-labels.lst), the same records from the HF hub, or a prepared "
+                    "tfds:NAME[:SPLIT]; README 'Evaluation' lists the sources",
                     flag_values=F)
 flags.DEFINE_integer("limit", None, "evaluate the first N examples of the task", flag_values=F)
 flags.DEFINE_enum("fill_method", None, METHODS, "generation tasks: how blanks are filled "
@@ -80,14 +82,17 @@ flags.DEFINE_integer("max_new_tokens", 24, "triviaqa: tokens generated per answe
 flags.DEFINE_multi_string("conditional", None, "a marked text: log p([[target]] | "
                           "{{condition}}), unmarked text absent; repeat for a batch",
                           flag_values=F)
-flags.DEFINE_string("target_grouping", "ar", "--conditional: the target's groups: ar | one | "
-                    "spans | block:K | perm:K", flag_values=F)
+flags.DEFINE_string("responses", None, "a .jsonl file of prompt/response (or chat 'messages') "
+                    "records: log p(response | prompt)", flag_values=F)
+flags.DEFINE_string("target_grouping", "ar", "--conditional, --responses: the target's groups: "
+                    "ar | one | spans (--conditional) | block:K | perm:K", flag_values=F)
 flags.DEFINE_enum("unmarked", "absent", ["absent", "condition"],
                   "--conditional: unmarked text is absent or part of the condition",
                   flag_values=F)
 
 
 def groupings(head: str) -> list[str]:
+  from a3_jax import evaluate
   if head == "mdm":
     if F["grouping"].present:
       raise UserError("--head=mdm scores the ELBO, which has no grouping: drop --grouping")
@@ -104,11 +109,13 @@ def groupings(head: str) -> list[str]:
 def _check_flags() -> None:
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
-  if sum(map(bool, (F.text_file, F.task, F.conditional))) != 1:
+  if sum(map(bool, (F.text_file, F.task, F.conditional, F.responses))) != 1:
     raise UserError("give exactly one of --text_file (likelihood), --task (a task of the "
-                    "suite) or --conditional (a marked text)")
-  if F.conditional and F.head != "query":
-    raise UserError("--conditional scores with the A3 query stream: it needs --head=query")
+                    "suite), --conditional (a marked text) or --responses (a .jsonl file of "
+                    "prompts and responses)")
+  for name in ("conditional", "responses"):
+    if getattr(F, name) and F.head != "query":
+      raise UserError(f"--{name} scores with the A3 query stream: it needs --head=query")
   if F.task and not F.task_data:
     raise UserError("--task needs --task_data (a task file or tfds:NAME[:SPLIT])")
   if F.curve and F.head != "query":
@@ -138,9 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     if args:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
+    # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax.convert.loader import load_model
+    from a3_jax.data.text_file import read_texts
+    from a3_jax.likelihood_report import (curve_path, format_likelihood, likelihood_report,
+                                          trained_mdm_shift, window_and_context)
     if F.text_file:
       names = groupings(F.head)
       texts = read_texts(F.text_file)
+      png = curve_path(F.checkpoint, F.curve_png) if F.curve else None
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
       window, context = window_and_context(F.checkpoint, config, F.window, F.context)
       out = likelihood_report(
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           context=context, batch_size=F.batch_size, seed=F.seed,
           elbo_samples=F.elbo_samples, mask_id=F.mask_id,
           mdm_shift=trained_mdm_shift(F.checkpoint, F.mdm_shift),
-          curve_png=F.curve_png if F.curve else None, progress=_progress)
+          curve_png=png, progress=_progress)
       text = format_likelihood(out)
     elif F.conditional:
       from a3_jax import conditional, marked
@@ -161,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
           params, config, tokenizer, F.conditional, grouping=F.target_grouping,
           unmarked=F.unmarked, seed=F.seed, batch_size=F.batch_size)}
       text = marked.format_marked(out["results"])
+    elif F.responses:
+      from a3_jax import conditional, responses
+      if F.target_grouping == "spans":
+        raise UserError("--target_grouping=spans needs marked spans: use 'one' for --responses")
+      conditional.target_groups(1, F.target_grouping)  # typos fail first
+      responses.check_path(F.responses)
+      params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
+      out = {"checkpoint": F.checkpoint, **responses.score_responses(
+          params, config, tokenizer, F.responses, grouping=F.target_grouping, seed=F.seed,
+          batch_size=F.batch_size)}
+      text = responses.format_responses(out)
     else:
       from a3_jax.tasks.run import run_task
       params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)

@@ -10,7 +10,6 @@ import sys
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.run_export import export_run
 from a3_jax.errors import UserError
 
 F = flags.FlagValues()
@@ -32,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"unexpected arguments: {args}")
     if not F.workdir or not F.out:
       raise UserError("--workdir and --out are required")
+    from a3_jax.run_export import export_run  # after parsing: --help stays quick
     path = export_run(F.workdir, F.out, F.dtype, F.format, F.step)
     print(f"exported {F.workdir} to {path}")
   return 0

@@ -4,6 +4,8 @@
   a3-generate --checkpoint=exports/default --prompt='ROMEO:' --max_new_tokens=64 \\
       --decoder=dynamic --criterion=entropy --block_size=16 --num_samples=3
   a3-generate --checkpoint=exports/default --prompt='<blank:8> the king.' --show_order
+  a3-generate --checkpoint=gguf:SmolLM2-135M-Instruct.Q4_1.gguf --head=content --chat \\
+      --prompt='What is the capital of France?' --max_new_tokens=32 --temperature=0
 
 `<blank:N>` stands for N tokens to generate, anywhere in the prompt;
 --max_new_tokens appends that many more (a prompt without blanks stops at EOS). Known
@@ -18,6 +20,13 @@ length is scored by log p(text after | text before, length) in one pass, plus
 text and exact log-probability (of the generated tokens under the grouping
 they were generated in); --show_order adds the step each token was committed
 in; --json prints one JSON object per sample instead.
+--head=content samples the content stream as the causal LM it is, left to right
+(an unadapted pretrained model, an --objective=ar run; blanks see only the text
+to their left), and ignores the decoder flags. With --head=query (A3), a model
+whose query stream was never trained (a converted AR model, a run that ended in
+its causal stage) gets a warning: it would sample noise.
+--chat: --prompt is one user message, rendered with the tokenizer's chat template
+(and the assistant header) before decoding; the answer stops at EOS.
 --checkpoint: an a3-export directory, hf:DIR or gguf:FILE.
 """
 
@@ -26,16 +35,10 @@ from __future__ import annotations
 import json
 import sys
 
-import jax
 from absl import flags
 
 from a3_jax.cli import common as cli
-from a3_jax.decoding import CRITERIA, ORDERS, blank_length
-from a3_jax.convert.loader import load_model
-from a3_jax.decoding.prompt import (format_sample, parse_length_template, parse_prompt,
-                                   render)
-from a3_jax.decoding.samples import decode_prompt
-from a3_jax.decoding.sampling import SamplerConfig
+from a3_jax.decoding.choices import CRITERIA, ORDERS
 from a3_jax.errors import UserError
 
 DECODERS = ("group", "dynamic", "speculative")
@@ -44,7 +47,12 @@ flags.DEFINE_string("checkpoint", None, "export DIR | hf:DIR | gguf:FILE", flag_
 flags.DEFINE_string("tokenizer", None, "tokenizer file (default: the checkpoint's own)",
                     flag_values=F)
 flags.DEFINE_string("prompt", None, "text; <blank:N> marks N tokens to generate", flag_values=F)
+flags.DEFINE_bool("chat", False, "--prompt is a user message: apply the tokenizer's chat "
+                  "template (a3_jax/chat_template.py)", flag_values=F)
 flags.DEFINE_integer("max_new_tokens", 0, "tokens to generate after the prompt", flag_values=F)
+flags.DEFINE_enum("head", "query", ["query", "content"], "query: A3 decoding (the query "
+                  "stream) | content: causal sampling of the content stream, left to right "
+                  "(unadapted or AR models)", flag_values=F)
 flags.DEFINE_enum("decoder", "group", DECODERS, "group (Algorithm 1) | dynamic (Algorithm 2) "
                   "| speculative (one token at a time, --draft_size drafted per call)",
                   flag_values=F)
@@ -54,7 +62,7 @@ flags.DEFINE_integer("group_size", 1, "group decoder: tokens per group", flag_va
 flags.DEFINE_enum("order", "l2r", ORDERS, "group and speculative decoders: the order of the "
                   "groups", flag_values=F)
 flags.DEFINE_integer("draft_size", 4, "speculative decoder: tokens drafted and verified per "
-                     "call", flag_values=F)
+                     "call (capped at the prompt's blanks)", flag_values=F)
 flags.DEFINE_string("length_prior", "uniform", "<blank:MIN-MAX>: log prior over its lengths, "
                     "uniform | poisson:MEAN", flag_values=F)
 flags.DEFINE_enum("criterion", "confidence", CRITERIA,
@@ -77,10 +85,15 @@ flags.DEFINE_bool("show_order", False, "show the step each generated token was c
 
 
 def _check_flags() -> None:
+  from a3_jax.decoding import blank_length
+  from a3_jax.decoding.sampling import SamplerConfig
   if not F.checkpoint:
     raise UserError("--checkpoint is required (an export DIR, hf:DIR or gguf:FILE)")
   if F.prompt is None:
     raise UserError("--prompt is required (use <blank:N> for N tokens to generate)")
+  if F.chat and not F.max_new_tokens:
+    raise UserError("--chat answers the message: set --max_new_tokens (the most tokens the "
+                    "answer may take)")
   if F.group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {F.group_size}")
   for name in ("commit_per_step", "num_samples", "draft_size"):
@@ -91,6 +104,9 @@ def _check_flags() -> None:
       raise UserError(f"--{name} must be >= 0, got {getattr(F, name)}")
   if not 0.0 <= F.threshold <= 1.0:  # NaN fails too
     raise UserError(f"--threshold must be in [0, 1], got {F.threshold}")
+  if F.head == "content" and F["decoder"].present and F.decoder != "group":
+    raise UserError(f"--head=content samples left to right; --decoder={F.decoder} is for "
+                    "--head=query")
   SamplerConfig(F.temperature, F.top_k, F.top_p)  # validates
   blank_length.log_prior(F.length_prior, [1])  # validates
 
@@ -101,39 +117,35 @@ def main(argv: list[str] | None = None) -> int:
     if args:
       raise UserError(f"unexpected arguments: {args}")
     _check_flags()
+    # The library (and JAX) load after the flags parse: --help stays quick.
+    from a3_jax import chat_template
+    from a3_jax.convert.loader import load_model
+    from a3_jax.decoding.prompt import format_sample
+    from a3_jax.decoding.samples import sample_prompt
+    from a3_jax.decoding.sampling import SamplerConfig
+    from a3_jax.history import untrained_query_stream
     params, config, tokenizer = load_model(F.checkpoint, F.tokenizer)
-    template = parse_length_template(F.prompt, tokenizer, F.max_new_tokens, config.max_seq_len)
-    choice = None
-    if template is None:
-      tokens_T, known_T = parse_prompt(F.prompt, tokenizer, F.max_new_tokens,
-                                       config.max_seq_len)
-    else:
-      choice = blank_length.choose_length(params, config, template, F.length_prior)
-      tokens_T, known_T = template.fill(choice.chosen)
+    untrained = untrained_query_stream(F.checkpoint) if F.head == "query" else None
+    if untrained:
+      print(f"warning: {untrained}: its query stream was never trained, so --head=query "
+            "samples noise; use --head=content (the causal LM) or adapt it first "
+            f"(a3-train --init_from={F.checkpoint})", file=sys.stderr, flush=True)
+
+    def on_length(choice):
       if not F.json:
-        print(f"blank length {choice.chosen} chosen from {template.lengths.start}-"
-              f"{template.lengths.stop - 1}: " + "  ".join(
+        print(f"blank length {choice.chosen} chosen from {choice.lengths[0]}-"
+              f"{choice.lengths[-1]}: " + "  ".join(
                   f"{n}:{t:.2f}" for n, t in zip(choice.lengths, choice.total)), flush=True)
-    if len(tokens_T) > config.max_seq_len:
-      raise UserError(f"prompt and blanks take {len(tokens_T)} tokens, more than the "
-                       f"model's maximum of {config.max_seq_len}")
-    # Only a plain continuation stops at EOS: an EOS in an infilled blank would
-    # cut off the known text after it.
-    continuation = known_T[:len(known_T) - F.max_new_tokens].all()
-    eos_id = tokenizer.eos_id if continuation and tokenizer.eos_id >= 0 else None
-    out = jax.device_get(decode_prompt(
-        params, config, tokens_T, known_T, num_samples=F.num_samples, decoder=F.decoder,
-        sampler=SamplerConfig(F.temperature, F.top_k, F.top_p), seed=F.seed, eos_id=eos_id,
-        pad_id=max(tokenizer.pad_id, 0), form=F.form, order=F.order, group_size=F.group_size,
+
+    prompt = chat_template.user_prompt(tokenizer, F.prompt, "--chat") if F.chat else F.prompt
+    samples = sample_prompt(
+        params, config, tokenizer, prompt, F.max_new_tokens, head=F.head,
+        length_prior=F.length_prior, on_length=on_length, num_samples=F.num_samples,
+        decoder=F.decoder, sampler=SamplerConfig(F.temperature, F.top_k, F.top_p),
+        seed=F.seed, form=F.form, order=F.order, group_size=F.group_size,
         criterion=F.criterion, commit_per_step=F.commit_per_step, threshold=F.threshold,
-        block_size=F.block_size, draft_size=F.draft_size))
-    for i in range(F.num_samples):
-      sample = render(tokenizer, out.tokens[i], out.groups[i], int(out.length[i]),
-                      out.logprob[i])
-      if hasattr(out, "calls"):
-        sample["model_calls"] = int(out.calls[i])
-      if choice is not None:
-        sample["length_choice"] = choice.as_json()
+        block_size=F.block_size, draft_size=F.draft_size)
+    for i, sample in enumerate(samples):
       if F.json:
         print(json.dumps({"sample": i, **sample}), flush=True)
       else:

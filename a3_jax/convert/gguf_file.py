@@ -10,13 +10,13 @@ llama3 RoPE scaling is stored by llama.cpp as a `rope_freqs` tensor of per-frequ
 divisors; we recover the RopeScaling that produces them and refuse files whose
 divisors no llama3 scaling reproduces.
 
-The tokenizer is rebuilt from the GGUF metadata by transformers (the one
-maintained implementation of llama.cpp's vocabularies, merges and per-model
-pre-tokenizer rules) and kept as a `tokenizers` tokenizer.json.
+The tokenizer is rebuilt from the GGUF metadata with the `tokenizers` library
+(convert/gguf_tokenizer.py) and kept as a tokenizer.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 
 from a3_jax.config import ModelConfig, RopeScaling
-from a3_jax.convert import hf_params
+from a3_jax.convert import gguf_tokenizer, hf_params
 from a3_jax.tokenizer import JsonTokenizer
 from a3_jax.errors import UserError
 
@@ -78,6 +78,9 @@ class GGUFFile:
     if missing:
       raise UserError(f"GGUF file {self.path} lacks metadata {missing}")
     d, heads = int(self._get("embedding_length")), int(self._get("attention.head_count"))
+    if heads < 1 or d < 1:
+      raise UserError(f"GGUF file {self.path}: llama.attention.head_count ({heads}) and "
+                      f"llama.embedding_length ({d}) must be >= 1")
     head_dim = int(self._get("attention.key_length", d // heads))
     if int(self._get("rope.dimension_count", head_dim)) != head_dim:
       raise UserError("unsupported GGUF: partial rotary embeddings "
@@ -127,18 +130,12 @@ class GGUFFile:
     return w[(slice(None),) + tuple(index[1:])]
 
   def tokenizer(self) -> JsonTokenizer:
-    try:
-      from transformers import AutoTokenizer
-    except ImportError:
-      raise UserError("rebuilding a GGUF file's tokenizer needs transformers "
-                       "(pip install transformers)") from None
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(self.path)),
-                                        gguf_file=os.path.basename(self.path))
-    ids = {role: self._reader.fields.get(f"tokenizer.ggml.{key}")
-           for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
-                             ("pad", "padding_token_id"))}
-    ids = {role: None if f is None else int(f.contents()) for role, f in ids.items()}
-    return JsonTokenizer(tok.backend_tokenizer, ids["bos"], ids["eos"], ids["pad"])
+    prefix = "tokenizer.ggml."
+    fields = {k[len(prefix):]: f.contents() for k, f in self._reader.fields.items()
+              if k.startswith(prefix)}
+    tok, ids = gguf_tokenizer.build(fields)
+    return JsonTokenizer(tok, ids["bos"], ids["eos"], ids["pad"],
+                         chat_template=self._meta.get("tokenizer.chat_template"))
 
 
 def _factors(scaling: RopeScaling, theta: float, head_dim: int) -> np.ndarray:
@@ -170,8 +167,9 @@ def llama3_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int
   if medium.sum() >= 2:
     smooth = (1 / factors[medium] - 1 / factor) / (1 - 1 / factor)  # = a / wavelen - b
     a, minus_b = np.polyfit(1 / wavelen[medium], smooth, 1)
-    candidates.insert(0, RopeScaling(factor, 1.0, round(float(1 - 1 / minus_b), 6),
-                                     int(round(-a / minus_b))))
+    with contextlib.suppress(UserError, ValueError, OverflowError):  # no llama3 fit
+      candidates.insert(0, RopeScaling(factor, 1.0, round(float(1 - 1 / minus_b), 6),
+                                       int(round(-a / minus_b))))
   for scaling in candidates:
     if np.allclose(_factors(scaling, theta, head_dim), factors, rtol=1e-4):
       return scaling

@@ -36,10 +36,14 @@ class HFDir:
     if not os.path.isfile(config_path):
       raise UserError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
     try:
-      with open(config_path) as f:
+      with open(config_path, encoding="utf-8") as f:
         self.hf_config: dict[str, Any] = json.load(f)
-    except json.JSONDecodeError as e:
+    except UnicodeDecodeError as e:
+      raise UserError(f"{config_path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:
       raise UserError(f"{config_path} is not valid JSON: {e}") from None
+    if not isinstance(self.hf_config, dict):
+      raise UserError(f"{config_path} is not a JSON object")
     if export.is_export(path):
       raise UserError(f"{path} is an a3_jax export directory: pass it without 'hf:'")
     if "model_type" not in self.hf_config and "architectures" not in self.hf_config:

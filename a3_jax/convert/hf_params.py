@@ -62,6 +62,20 @@ def check_llama_config(hf: Mapping[str, Any]) -> None:
         "LLaMA 2, 3, 3.1, 3.2, SmolLM2)")
 
 
+def _number(d: Mapping[str, Any], key: str, kind: type, default: Any = None):
+  """d[key] (or `default` where absent or null) as an int or float; another type is a
+  UserError naming the key (an int field accepts only integral numbers)."""
+  value = d.get(key)
+  if value is None:
+    return default
+  integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      kind is int and not integral):
+    expected = "an integer" if kind is int else "a number"
+    raise UserError(f"model config: {key}={value!r} is not {expected}")
+  return kind(value)
+
+
 def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   """ModelConfig from a transformers LlamaConfig dict (4.x or 5.x keys).
 
@@ -75,30 +89,40 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   for key, supported in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
     if hf.get(key, supported) != supported:
       raise UserError(f"unsupported LLaMA variant: {key}={hf[key]!r} (supported: {supported!r})")
-  rope = dict(hf.get("rope_parameters") or {})  # transformers 5.x
-  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-  scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None)
+  rope = hf.get("rope_parameters") or {}  # transformers 5.x
+  scaling = hf.get("rope_scaling") or (
+      rope if isinstance(rope, dict) and rope.get("rope_type") not in (None, "default") else None)
+  theta = _number(rope if isinstance(rope, dict) and "rope_theta" in rope else hf,
+                  "rope_theta", float, 10000.0)
   rope_scaling = None
   if scaling:
+    if not isinstance(scaling, dict):
+      raise UserError(f"model config: rope_scaling={scaling!r} is not an object")
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind not in ("llama3", "default"):
       raise UserError(f"unsupported RoPE scaling type {kind!r} (supported: llama3)")
     if kind == "llama3":
+      absent = [k for k in ("factor", "low_freq_factor", "high_freq_factor",
+                            "original_max_position_embeddings") if k not in scaling]
+      if absent:
+        raise UserError(f"model config: llama3 rope_scaling lacks {absent}")
       rope_scaling = RopeScaling(
-          factor=float(scaling["factor"]),
-          low_freq_factor=float(scaling["low_freq_factor"]),
-          high_freq_factor=float(scaling["high_freq_factor"]),
-          original_max_position=int(scaling["original_max_position_embeddings"]))
-  heads = hf["num_attention_heads"]
+          factor=_number(scaling, "factor", float), low_freq_factor=_number(
+              scaling, "low_freq_factor", float),
+          high_freq_factor=_number(scaling, "high_freq_factor", float),
+          original_max_position=_number(scaling, "original_max_position_embeddings", int))
+  heads = _number(hf, "num_attention_heads", int)
+  if heads < 1:
+    raise UserError(f"model config: num_attention_heads must be >= 1, got {heads}")
   fields = dict(
-      vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-      num_layers=hf["num_hidden_layers"], num_heads=heads,
-      num_kv_heads=hf.get("num_key_value_heads") or heads,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      mlp_dim=hf["intermediate_size"],
-      max_seq_len=hf.get("max_position_embeddings", 2048),
-      rope_theta=float(theta), rope_scaling=rope_scaling,
-      rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      vocab_size=_number(hf, "vocab_size", int), d_model=_number(hf, "hidden_size", int),
+      num_layers=_number(hf, "num_hidden_layers", int), num_heads=heads,
+      num_kv_heads=_number(hf, "num_key_value_heads", int, None) or heads,
+      head_dim=_number(hf, "head_dim", int, None) or _number(hf, "hidden_size", int) // heads,
+      mlp_dim=_number(hf, "intermediate_size", int),
+      max_seq_len=_number(hf, "max_position_embeddings", int, 2048),
+      rope_theta=theta, rope_scaling=rope_scaling,
+      rms_eps=_number(hf, "rms_norm_eps", float, 1e-6),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
   fields.update(overrides)
   return ModelConfig(**fields)

@@ -13,6 +13,8 @@ one (`hf_params.initial_query_embed`); one exported by a3_jax keeps its own.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import jax
@@ -22,7 +24,7 @@ from flax.linen import meta
 from a3_jax import export
 from a3_jax.config import ModelConfig
 from a3_jax.convert import hf_params
-from a3_jax.tokenizer import load_tokenizer
+from a3_jax.tokenizer import check_fits, load_tokenizer
 from a3_jax.model import init_params
 from a3_jax.errors import UserError
 
@@ -40,7 +42,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def open_checkpoint(spec: str):
-  """The HFDir or GGUFFile behind an 'hf:' or 'gguf:' spec."""
+  """The HFDir or GGUFFile behind an 'hf:' or 'gguf:' spec (the last one opened is
+  reused while its file is unchanged: opening a GGUF parses its whole vocabulary)."""
+  kind, path = parse_spec(spec)
+  stamp = tuple(os.stat(f).st_mtime_ns for f in (path, os.path.join(path, "config.json"))
+                if os.path.exists(f))
+  return _open_checkpoint(spec, stamp)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_checkpoint(spec: str, stamp):
+  del stamp  # part of the cache key only
   kind, path = parse_spec(spec)
   if kind == "hf":
     from a3_jax.convert.hf_dir import HFDir
@@ -108,10 +120,13 @@ def _sharded_leaf(shape, sharding, dtype, read_slice) -> jax.Array:
   return jax.make_array_from_callback(tuple(shape), sharding, callback, dtype=dtype)
 
 
-def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
+def _load_source(source, config: ModelConfig, shardings: Any, progress=None) -> dict[str, Any]:
   dtype = np.dtype(config.weight_dtype)
   params: dict[str, Any] = {}
-  for path, leaf in hf_params.hf_leaves(config).items():
+  leaves = hf_params.hf_leaves(config)
+  if progress is not None:
+    progress(0, len(leaves))
+  for i, (path, leaf) in enumerate(leaves.items()):
     sharding = shardings["params"]
     node = params
     for key in path[:-1]:
@@ -119,6 +134,8 @@ def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
     node[path[-1]] = _sharded_leaf(
         leaf.shape, sharding[path[-1]], dtype,
         lambda index, leaf=leaf: hf_params.read_leaf(leaf, index, source.read, dtype))
+    if progress is not None:
+      progress(i + 1, len(leaves))
   name = hf_params.QUERY_EMBED_NAME
   if source.shape(name) is not None:
     query_embed = source.read(name, (slice(None),) * len(source.shape(name))).reshape(-1)
@@ -134,32 +151,39 @@ def _load_source(source, config: ModelConfig, shardings: Any) -> dict[str, Any]:
 
 
 def load_pretrained(spec: str, mesh: jax.sharding.Mesh | None = None, shardings: Any = None,
-                    param_dtype: str | None = None) -> tuple[Any, ModelConfig, Any]:
+                    param_dtype: str | None = None, progress=None) -> tuple[Any, ModelConfig, Any]:
   """(params, config, tokenizer) of 'hf:DIR', 'gguf:FILE' or an export DIR.
 
   shardings: a pytree of Shardings matching the unboxed params ({'params': ...});
   without it, the rules of a3_jax.sharding on `mesh`, or the default device.
   param_dtype: the dtype to hold weights in (default: float32; exports keep theirs).
   The tokenizer follows the interface in a3_jax.convert.tokenizer (None if an
-  export has none).
+  export has none). `progress(done, total)` hears each parameter read from an
+  'hf:'/'gguf:' checkpoint (each holds every layer's slice of one weight).
   """
   kind, path = parse_spec(spec)
   if kind == "export":
     config = read_config(spec)
     if shardings is not None or mesh is not None:
       shardings = _shardings_for(config, mesh, shardings)
-    params, config, tokenizer_path = export.load_export(path, shardings)
-    if param_dtype is not None and param_dtype != config.param_dtype:
-      config = config.replace(param_dtype=param_dtype)
-      params = jax.tree.map(lambda x: x.astype(config.weight_dtype), params)
-    return params, config, (None if tokenizer_path is None else load_tokenizer(tokenizer_path))
+    params, config, tokenizer_path = export.load_export(path, shardings, param_dtype)
+    tokenizer = None if tokenizer_path is None else load_tokenizer(tokenizer_path)
+    check_fits(tokenizer, config.vocab_size, f"model {spec}")
+    return params, config, tokenizer
   source = open_checkpoint(spec)
   overrides = {} if param_dtype is None else {"param_dtype": param_dtype}
   config = hf_params.config_from_hf(source.hf_config, **overrides)
   hf_params.check_shapes(source.shape, config)
   tokenizer = source.tokenizer()  # before the weights: a bad tokenizer fails fast
+  check_fits(tokenizer, config.vocab_size, f"model {spec}")
   shardings = _shardings_for(config, mesh, shardings)
-  return _load_source(source, config, shardings), config, tokenizer
+  return _load_source(source, config, shardings, progress), config, tokenizer
+
+
+def has_query_vector(spec: str) -> bool:
+  """Whether an 'hf:'/'gguf:' checkpoint carries a query-stream vector (one a3_jax wrote);
+  an AR LLaMA has none, so its query stream was never trained."""
+  return open_checkpoint(spec).shape(hf_params.QUERY_EMBED_NAME) is not None
 
 
 def load_model(spec: str, tokenizer_path: str | None = None):
@@ -168,8 +192,6 @@ def load_model(spec: str, tokenizer_path: str | None = None):
   The one loader of generation, evaluation and conversion: `tokenizer_path`
   replaces the checkpoint's own tokenizer; a checkpoint without one needs it.
   """
-  import os
-  from a3_jax.tokenizer import load_tokenizer
   params, config, tokenizer = load_pretrained(spec)
   if tokenizer_path:
     if not os.path.isfile(tokenizer_path):
@@ -177,4 +199,5 @@ def load_model(spec: str, tokenizer_path: str | None = None):
     tokenizer = load_tokenizer(tokenizer_path)
   if tokenizer is None:
     raise UserError(f"checkpoint {spec} has no tokenizer: pass --tokenizer")
+  check_fits(tokenizer, config.vocab_size, f"model {spec}")
   return params, config, tokenizer

@@ -9,8 +9,12 @@
                             `text` feature; SPLIT (default: `split`) may use tfds
                             slicing, e.g. `train[:10%]`; NAME may name a config
 
-Every source is a `Sequence[str]` (`len`, `source[i]`, iteration), which is
+Every source here is a `Sequence[str]` (`len`, `source[i]`, iteration), which is
 all `grain.MapDataset.source` needs; `text:` and `arrayrecord:` ignore `split`.
+`parquet:` and `jsonl:` (the shards of FineWeb, SlimPajama and the like) are
+read file by file instead: `data.streams`. The grammar of all specs: `data.spec`.
+GLOBs are local paths (`**` recursive) or URIs such as gs://bucket/dir/*.parquet
+(through etils.epath, which needs gcsfs for gs://).
 """
 
 from __future__ import annotations
@@ -19,28 +23,35 @@ import abc
 import glob
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 
+from etils import epath
+
 from a3_jax.data import corpus
+from a3_jax.data.spec import parse_source
 from a3_jax.errors import UserError
 
-SCHEMES = ("shakespeare", "text:GLOB", "arrayrecord:GLOB", "tfds:NAME[:SPLIT]")
 
-
-def json_text(line: bytes | str, where: str) -> str:
-  """The `text` field of one JSON object."""
+def json_value(line: bytes | str, where: str):
+  """One line of JSON, parsed; a UserError naming `where` if it is not JSON or UTF-8."""
   try:
-    document = json.loads(line)
+    return json.loads(line)
   except json.JSONDecodeError as e:
     raise UserError(f"{where}: not JSON ({e})") from None
   except UnicodeDecodeError as e:
     raise UserError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-  if not isinstance(document, dict) or not isinstance(document.get("text"), str):
-    raise UserError(f"{where}: expected a JSON object with a string 'text' field")
-  return document["text"]
+
+
+def json_text(line: bytes | str, where: str, field: str = "text") -> str:
+  """The string `field` of one JSON object."""
+  document = json_value(line, where)
+  if not isinstance(document, dict) or not isinstance(document.get(field), str):
+    raise UserError(f"{where}: expected a JSON object with a string {field!r} field")
+  return document[field]
 
 
 def _record_text(record: bytes | str, where: str) -> str:
@@ -60,14 +71,15 @@ def _record_text(record: bytes | str, where: str) -> str:
 
 
 def _line_offsets(path: str) -> np.ndarray:
-  """Byte offsets [num_documents] of the non-blank lines of a .jsonl file."""
+  """[num_documents, 2]: byte offset and line number (from 1) of each non-blank line
+  of a .jsonl file."""
   offsets, position = [], 0
   with open(path, "rb") as f:
-    for line in f:
+    for number, line in enumerate(f, start=1):
       if line.strip():
-        offsets.append(position)
+        offsets.append((position, number))
       position += len(line)
-  return np.asarray(offsets, np.int64)
+  return np.asarray(offsets, np.int64).reshape(-1, 2)
 
 
 class _DocumentSource(Sequence[str]):
@@ -81,6 +93,10 @@ class _DocumentSource(Sequence[str]):
   @abc.abstractmethod
   def _document(self, index: int) -> str:
     """Document `index`, already known to be in range."""
+
+  def first_documents(self) -> list[int]:
+    """Indices of the first document of each file (read before a run writes anything)."""
+    return [0] if len(self) else []
 
 
 class TextFileSource(_DocumentSource):
@@ -104,11 +120,15 @@ class TextFileSource(_DocumentSource):
           return f.read()
       except UnicodeDecodeError as e:
         raise UserError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
-    line_index = index - (int(self._ends[file_index - 1]) if file_index else 0)
+    offset, number = offsets[index - (int(self._ends[file_index - 1]) if file_index else 0)]
     with open(path, "rb") as f:
-      f.seek(offsets[line_index])
+      f.seek(offset)
       line = f.readline()
-    return json_text(line, f"{path}, line at byte {offsets[line_index]}")
+    return json_text(line, f"{path}, line {number}")
+
+  def first_documents(self) -> list[int]:
+    starts = np.concatenate([[0], self._ends[:-1]])
+    return [int(s) for s, e in zip(starts, self._ends) if e > s]
 
   def __repr__(self) -> str:
     return f"TextFileSource({len(self._paths)} files, {len(self)} documents)"
@@ -147,10 +167,27 @@ class TfdsTextSource(_DocumentSource):
     return f"TfdsTextSource({self._records!r})"
 
 
-def _glob(spec: str, pattern: str, extensions: tuple[str, ...] | None = None) -> list[str]:
+def _uri_glob(pattern: str) -> list[str]:
+  """The files matching a URI glob (gs://bucket/dir/*.parquet), through etils.epath."""
+  scheme, _, rest = pattern.partition("://")
+  parts = rest.split("/")
+  fixed = next((i for i, part in enumerate(parts) if re.search(r"[*?\[]", part)), len(parts))
+  try:
+    base = epath.Path(f"{scheme}://" + "/".join(parts[:fixed]))
+  except KeyError:
+    raise UserError(f"{pattern!r}: etils.epath reads no {scheme}:// paths") from None
+  if fixed == len(parts):
+    return [str(base)] if base.is_file() else []
+  return [str(p) for p in base.glob("/".join(parts[fixed:])) if p.is_file()]
+
+
+def glob_files(spec: str, pattern: str, extensions: tuple[str, ...] | None = None) -> list[str]:
   """The files matching `pattern`, sorted; each must end in one of `extensions` (None: any)."""
-  matches = glob.glob(os.path.expanduser(pattern), recursive=True)
-  paths = sorted(p for p in matches if os.path.isfile(p))
+  if "://" in pattern:
+    paths = sorted(_uri_glob(pattern))
+  else:
+    matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+    paths = sorted(p for p in matches if os.path.isfile(p))
   if not paths:
     raise UserError(f"source {spec!r}: no files match {pattern!r}")
   unsupported = [p for p in paths if extensions and not p.endswith(extensions)]
@@ -189,14 +226,18 @@ def make_source(spec: str, *, split: str = "train", data_dir: str | None = None)
   Raises ValueError for an unknown scheme, a glob that matches nothing, or a
   missing tfds dataset or split.
   """
-  scheme, _, rest = spec.partition(":")
-  if spec == "shakespeare":
+  source = parse_source(spec)
+  if source.scheme == "shakespeare":
     return tuple(text for _, text in corpus.load_works(split))
-  if scheme == "text" and rest:
-    return TextFileSource(_glob(spec, rest, (".txt", ".jsonl")))
-  if scheme == "arrayrecord" and rest:
-    return ArrayRecordTextSource(_glob(spec, rest))
-  if scheme == "tfds" and rest:
-    name, _, tfds_split = rest.partition(":")
+  if "://" in source.target and source.scheme in ("text", "arrayrecord"):
+    raise UserError(f"source {spec!r}: {source.scheme}: reads local files; for gs:// and "
+                     "other URIs use jsonl:GLOB or parquet:GLOB")
+  if source.scheme == "text":
+    return TextFileSource(glob_files(spec, source.target, (".txt", ".jsonl")))
+  if source.scheme == "arrayrecord":
+    return ArrayRecordTextSource(glob_files(spec, source.target))
+  if source.scheme == "tfds":
+    name, _, tfds_split = source.target.partition(":")
     return _tfds_source(spec, name, tfds_split or split, data_dir)
-  raise UserError(f"unknown data source {spec!r}; expected one of {', '.join(SCHEMES)}")
+  raise UserError(f"source {spec!r} is read file by file (a3_jax.data.streams), "
+                   "not by random access")

@@ -9,16 +9,27 @@
 - `sampling`: temperature / top-k / top-p with per-(seed, row, step, position) keys;
 - `prompt`: `<blank:N>` prompts to tokens and decoded rows back to text;
 - `blank_length`: the length of a `<blank:MIN-MAX>`, scored for every candidate in one pass;
-- `samples`: n samples of one prompt with a chosen decoder (what a3-generate runs).
+- `samples`: samples of one prompt with a chosen decoder (what a3-generate runs);
+- `causal`: the content stream sampled as the causal LM it is;
+- `choices`: the names of the options (no JAX import).
+
+The names below load their module on first use, so `a3_jax.decoding.choices` (and a
+console script's --help) does not import JAX.
 """
 
-from a3_jax.decoding.cache import KVCache
-from a3_jax.decoding.dynamic import CRITERIA, decode_dynamic
-from a3_jax.decoding.group import ORDERS, decode_groups, schedule
-from a3_jax.decoding.loop import DecodeResult, sequence_logprob
-from a3_jax.decoding.sampling import SamplerConfig
-from a3_jax.decoding.speculative import SpeculativeResult, decode_speculative
+import importlib
 
-__all__ = ["CRITERIA", "ORDERS", "DecodeResult", "KVCache", "SamplerConfig", "decode_dynamic",
-           "decode_groups", "decode_speculative", "schedule", "sequence_logprob",
-           "SpeculativeResult"]
+_HOMES = {"KVCache": "cache", "CRITERIA": "choices", "ORDERS": "choices",
+          "decode_dynamic": "dynamic", "decode_groups": "group", "schedule": "group",
+          "DecodeResult": "loop", "sequence_logprob": "loop", "SamplerConfig": "sampling",
+          "decode_speculative": "speculative", "SpeculativeResult": "speculative",
+          "decode_causal": "causal"}
+
+
+def __getattr__(name: str):
+  if name not in _HOMES:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+__all__ = sorted(_HOMES)

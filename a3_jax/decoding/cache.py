@@ -47,10 +47,10 @@ def slots(cache: KVCache, fill_B, ok_BxR):
 
 def mark(cache: KVCache, slot_BxR, group):
   """(group, seg) of the cache with `slot` marked as used slots of group id `group`
-  (scalar, [B], or [B, R]: one per slot)."""
+  (scalar, [B] or [B, R])."""
   row_BxR = jnp.broadcast_to(jnp.arange(slot_BxR.shape[0])[:, None], slot_BxR.shape)
   group = jnp.asarray(group, jnp.int32)
-  group_BxR = jnp.broadcast_to(group[:, None] if group.ndim == 1 else group, slot_BxR.shape)
+  group_BxR = jnp.broadcast_to(group if group.ndim == 2 else group.reshape(-1, 1), slot_BxR.shape)
   return (cache.group.at[row_BxR, slot_BxR].set(group_BxR, mode="drop"),
           cache.seg.at[row_BxR, slot_BxR].set(1, mode="drop"))
 
@@ -58,7 +58,7 @@ def mark(cache: KVCache, slot_BxR, group):
 def append(cache: KVCache, fill_B, k_LxBxRxKxH, v_LxBxRxKxH, ok_BxR, group):
   """Writes the rows with ok=True at slots [fill, fill + count) of each row.
 
-  Rows keep their order; rows with ok=False are dropped. `group` (scalar or [B])
+  Rows keep their order; rows with ok=False are dropped. `group` (scalar, [B] or [B, R])
   is the group id the new slots get. Returns (cache, new fill [B]).
   (A decoding step writes in place instead: `slots`, A3LM.forward(cache_slots=), `mark`.)
   """

@@ -37,10 +37,7 @@ from a3_jax.decoding.loop import DecodeResult
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
-# Ranking scores, chosen by a traced index (one compiled decoder for all four);
-# 'threshold' ranks by confidence but commits a variable number per step.
-SCORES = ("confidence", "entropy", "margin", "random")
-CRITERIA = SCORES + ("threshold",)
+from a3_jax.decoding.choices import CRITERIA, SCORES  # noqa: F401 (re-export)
 
 
 def decode_dynamic(params, config: ModelConfig, tokens_BxT, known_BxT, *, valid_BxT=None,

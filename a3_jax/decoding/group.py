@@ -24,7 +24,7 @@ from a3_jax.decoding.loop import DecodeResult, sequence_logprob  # noqa: F401 (r
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
 
-ORDERS = ("l2r", "random")
+from a3_jax.decoding.choices import ORDERS  # noqa: F401 (re-export)
 
 
 def schedule(known_BxT, *, order: str = "l2r", group_size: int = 1, valid_BxT=None,

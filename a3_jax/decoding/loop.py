@@ -25,11 +25,19 @@ EOS that were committed in the step a row stops are taken back (same-group
 tokens are conditionally independent, so this is exact); positions after EOS
 committed earlier stay in the sample, because later tokens were conditioned on
 them, and lie past `length`.
+
+The stream says which head predicts a position:
+  query      A3: the query stream at the position itself (every form)
+  content    the causal LM (decoding/causal.py; cached form, one position per
+             step, left to right): the content stream one position to its left.
+             Group ids are positions (causal visibility); only the known tokens
+             before a row's first blank are prefilled, and later known tokens are
+             committed in their turn as given (no sample, no log-prob), so each
+             position sees exactly the tokens to its left.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import chex
@@ -45,6 +53,7 @@ from a3_jax.model import A3LM, Rows
 from a3_jax.errors import UserError
 
 FORMS = ("cached", "uncached", "recompute")
+STREAMS = ("query", "content")
 
 
 class DecodeResult(NamedTuple):
@@ -193,7 +202,8 @@ def first_eos(tokens_XxT, filled_XxT, generated_XxT, valid_XxT, eos_id):
 
 
 def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B,
-        policy: Policy, sampler, eos_id, pad_id, *, form: str) -> DecodeResult:
+        policy: Policy, sampler, eos_id, pad_id, *, form: str,
+        stream: str = "query") -> DecodeResult:
   """Decodes every valid non-known position of every row (traceable; jit the caller).
 
   sampler: `sampling.sampler_arrays`; eos_id (-1 = none) and pad_id: int scalars.
@@ -204,26 +214,43 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
   r = policy.num_commit
   pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   known_BxT = known_BxT & valid_BxT
+  causal = stream == "content"
+  given_BxT = known_BxT  # committed as given, never sampled
+  if causal:  # prefill the known prefix only; later known tokens come in their turn
+    blank_BxT = valid_BxT & ~known_BxT
+    first_B = jnp.where(jnp.any(blank_BxT, axis=1), jnp.argmax(blank_BxT, axis=1), t)
+    known_BxT = known_BxT & (pos_BxT < first_B[:, None])
 
-  forward = functools.partial(query_logits, model, params)
+  def forward(tokens, content, query, cache, cache_slots=None):
+    if causal:  # each candidate reads the content row one position to its left
+      h, _, kv = model.apply(params, tokens, content, None, cache, method=A3LM.forward,
+                             cache_slots=cache_slots)
+      left_BxQxR = (content.pos[:, None, :] == query.pos[:, :, None] - 1) & (content.seg[:, None, :] > 0)
+      left_BxQ = jnp.argmax(left_BxQxR, axis=-1)
+      g = jnp.take_along_axis(h, left_BxQ[..., None], axis=1)
+      return model.apply(params, g, method=A3LM.logits), kv
+    return query_logits(model, params, tokens, content, query, cache, cache_slots)
 
   def prefill(state, idx_BxQ, ok_BxQ):
     # Known tokens (group 0) in P content rows, fused with step 1's queries.
     tokens_BxP, content, known_ok_BxP = prefill_rows(state.tokens, known_BxT, policy.num_known)
+    group_BxP = content.pos if causal else content.limit  # causal: groups are positions
+    content = content._replace(limit=group_BxP)
     query = Rows(jnp.zeros_like(idx_BxQ), ok_BxQ.astype(jnp.int32), idx_BxQ)
     logits, (k, v) = forward(tokens_BxP, content, query, None)
-    cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_ok_BxP, 0)
+    cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_ok_BxP, group_BxP)
     return logits, state._replace(cache=cache, fill=fill)
 
   def cached_step(state, idx_BxQ, ok_BxQ):
     prev = state.step - 1  # the previous step's commits carry group id prev
-    content = Rows(jnp.full((b, r), prev), state.pend_ok.astype(jnp.int32), state.pend_idx)
+    group_BxR = state.pend_idx if causal else jnp.full((b, r), prev)
+    content = Rows(group_BxR, state.pend_ok.astype(jnp.int32), state.pend_idx)
     query = Rows(jnp.full(idx_BxQ.shape, prev), ok_BxQ.astype(jnp.int32), idx_BxQ)
     tokens_BxR = jnp.take_along_axis(state.tokens, state.pend_idx, axis=1)
     # The commits' keys/values go straight into the cache, in every layer.
     slot_BxR, fill = kv_cache.slots(state.cache, state.fill, state.pend_ok)
     logits, (k, v) = forward(tokens_BxR, content, query, state.cache, slot_BxR)
-    cache = kv_cache.KVCache(k, v, *kv_cache.mark(state.cache, slot_BxR, prev))
+    cache = kv_cache.KVCache(k, v, *kv_cache.mark(state.cache, slot_BxR, group_BxR))
     return logits, state._replace(cache=cache, fill=fill)
 
   def full_step(state, idx_BxQ, ok_BxQ):
@@ -247,15 +274,19 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
     pos_BxR = jnp.take_along_axis(idx_BxQ, slot_BxR, axis=1)
     chosen_BxRxV = jnp.take_along_axis(logits_BxQxV, slot_BxR[..., None], axis=1)
     keys_BxR = sampling.position_keys(seed, row_ids_B, t_now, pos_BxR, sampling.SAMPLE_STREAM)
-    tok_BxR = sampling.sample(chosen_BxRxV, keys_BxR, sampler)
+    given_BxR = jnp.take_along_axis(given_BxT, pos_BxR, axis=1)
+    tok_BxR = jnp.where(given_BxR, jnp.take_along_axis(tokens_BxT, pos_BxR, axis=1),
+                        sampling.sample(chosen_BxRxV, keys_BxR, sampler))
     lp_BxR = jnp.take_along_axis(
         jnp.take_along_axis(logp_BxQxV, slot_BxR[..., None], axis=1), tok_BxR[..., None],
         axis=-1)[..., 0]
+    lp_BxR = jnp.where(given_BxR, 0.0, lp_BxR)
 
     # EOS: the first generated EOS, once every position before it is filled.
     tokens1 = scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
     groups1 = scatter(state.groups, pos_BxR, take_BxR, t_now)
-    e_B, stop_B = first_eos(tokens1, groups1 >= 0, groups1 > 0, valid_BxT, eos_id)
+    e_B, stop_B = first_eos(tokens1, groups1 >= 0, (groups1 > 0) & ~given_BxT, valid_BxT,
+                            eos_id)
     stop_B = stop_B & ~state.done
     take_BxR = take_BxR & ~(stop_B[:, None] & (pos_BxR > e_B[:, None]))
     length = jnp.where(stop_B, e_B + 1, state.length)
@@ -296,10 +327,12 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
 
     state = jax.lax.while_loop(
         more, lambda s, c=candidates: step(s, cached_step if cached else full_step, c), state)
-  logprob = state.logprob
+  logprob, groups = state.logprob, state.groups
+  if causal:  # known tokens committed in their turn were given, as group 0 says
+    groups = jnp.where(given_BxT & (groups > 0), 0, groups)
   if form == "recompute":
     logprob = sequence_logprob(params, config, state.tokens, state.groups)
-  result = DecodeResult(state.tokens, state.groups, logprob, state.length)
+  result = DecodeResult(state.tokens, groups, logprob, state.length)
   chex.assert_shape([result.tokens, result.groups], (b, t))
   chex.assert_shape([result.logprob, result.length], (b,))
   chex.assert_type([result.tokens, result.groups, result.logprob, result.length],

@@ -117,7 +117,8 @@ def decode_speculative(params, config: ModelConfig, tokens_BxT, order_BxT, *,
                        draft_size: int = 4, sampler: SamplerConfig = SamplerConfig(),
                        seed: int = 0, row_ids=None, eos_id: int | None = None,
                        pad_id: int = 0) -> SpeculativeResult:
-  """Samples every blank one at a time in sigma order, k = draft_size per call at best.
+  """Samples every blank one at a time in sigma order, k = draft_size per call at best
+  (capped at the most blanks of any row).
 
   order [B, T] ints: 0 = known, >= 1 = a blank's place in sigma (distinct per
   row, gaps allowed), < 0 = padding; `group.schedule(known, order=...,
@@ -129,6 +130,9 @@ def decode_speculative(params, config: ModelConfig, tokens_BxT, order_BxT, *,
   tokens, order, rows = decode_loop.check_schedule(config, tokens_BxT, order_BxT, "order",
                                                     row_ids, eos_id, pad_id)
   sigma, count, rank = sigma_ranks(order)
+  # No call drafts more than the blanks of a row (at most the row's length, which
+  # check_schedule bounds by max_seq_len): a larger k would only compile bigger shapes.
+  draft_size = min(draft_size, max(int(count.max()) if count.size else 1, 1))
   return _decode(meta.unbox(params), jnp.asarray(tokens, jnp.int32), jnp.asarray(sigma),
                  jnp.asarray(count), jnp.asarray(rank), jnp.int32(seed), rows,
                  sampling.sampler_arrays(sampler),

@@ -10,3 +10,8 @@
   infill.py           ROCStories-style infilling at the gold middle length: ROUGE-1/2/L
   run.py              `run_task(name, ...)`: one task end to end (what a3-eval calls)
 """
+
+# The names a3-eval's flags list, importable without JAX (the modules check they agree).
+MULTIPLE_CHOICE = ("hellaswag", "piqa", "siqa", "winogrande")
+TASKS = MULTIPLE_CHOICE + ("triviaqa", "rocstories")
+FILL_METHODS = ("a3", "a3-dynamic", "ar", "mdm")  # fill.py

@@ -7,8 +7,8 @@ A request is tokens [B, T] with known [B, T] (given tokens) and valid [B, T]
               groups of `group_size`, one model call per group
   a3-dynamic  dynamic resampling (decode_dynamic): the `group_size` most
               confident blanks per model call
-  ar          the causal baseline (content stream): blanks left to right, one
-              call per blank, from the tokens to their left only
+  ar          the causal baseline (decoding/causal.py, content stream): blanks
+              left to right, one call per blank, from the tokens to their left only
   mdm         the masked-diffusion baseline (mdm.generate): confidence-ordered
               unmasking in ceil(blanks / group_size) calls
 
@@ -18,41 +18,28 @@ methods can be compared at equal numbers of calls.
 
 from __future__ import annotations
 
-import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
 from a3_jax.config import ModelConfig
-from a3_jax.model import A3LM, Rows
 from a3_jax.decoding.sampling import SamplerConfig
 from a3_jax.errors import UserError
+from a3_jax.tasks import FILL_METHODS as METHODS
 
-METHODS = ("a3", "a3-dynamic", "ar", "mdm")
 GREEDY = SamplerConfig(temperature=0.0)
+WIDTH_MULTIPLE = 16  # widths rounded up to a multiple: few distinct shapes to compile
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _causal_fill(params, tokens_BxT, blank_BxT, *, config):
-  """Greedy left-to-right fill with the content stream; one full pass per column
-  that holds a blank in some row (columns without one are skipped)."""
-  model = A3LM(config)
-  b, t = tokens_BxT.shape
-  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  rows = Rows(pos_BxT, jnp.ones_like(pos_BxT), pos_BxT)
+def round_width(width: int) -> int:
+  return -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
 
-  def column(i, tokens):
-    def predict(tokens):
-      h, _, _ = model.apply(params, tokens, rows, None, method=A3LM.forward)
-      h_prev = jax.lax.dynamic_slice_in_dim(h, i - 1, 1, axis=1)
-      nxt_B = jnp.argmax(model.apply(params, h_prev, method=A3LM.logits)[:, 0], axis=-1)
-      return tokens.at[:, i].set(jnp.where(blank_BxT[:, i], nxt_B, tokens[:, i]))
-    return jax.lax.cond(jnp.any(blank_BxT[:, i]), predict, lambda x: x, tokens)
 
-  return jax.lax.fori_loop(1, t, column, tokens_BxT)
+def row_calls(method: str, blanks: int, group_size: int) -> int:
+  """Model calls that fill one row of `blanks` blanks alone (in a batch, `ar` may take
+  more: it runs every column that holds a blank in any row)."""
+  return blanks if method == "ar" else math.ceil(blanks / group_size)
 
 
 def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
@@ -81,19 +68,24 @@ def fill(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT=None, *,
     groups = decode.schedule(known, order="l2r", group_size=group_size, valid_BxT=valid)
     out = decode.decode_groups(params, config, tokens, groups, sampler=GREEDY, seed=seed,
                                eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "a3-dynamic":
     from a3_jax.decoding.dynamic import decode_dynamic
     out = decode_dynamic(params, config, tokens, known, valid_BxT=valid,
                          criterion="confidence", commit_per_step=group_size,
                          sampler=GREEDY, seed=seed, eos_id=eos_id)
-    return np.asarray(out.tokens), math.ceil(most / group_size)
+    return np.asarray(out.tokens), row_calls(method, most, group_size)
   if method == "mdm":
     from a3_jax import mdm
-    steps = math.ceil(most / group_size)
+    steps = row_calls(method, most, group_size)
     return mdm.generate(params, config, tokens, known, valid, steps=steps, seed=seed,
                         shift=mdm_shift), steps
   if np.any(blanks[:, 0]):
     raise UserError("the causal baseline cannot fill position 0: it has no left context")
-  out = _causal_fill(params, jnp.asarray(tokens), jnp.asarray(blanks), config=config)
-  return np.asarray(out), int(blanks.any(axis=0).sum())
+  from a3_jax.decoding.causal import decode_causal
+  # Columns after the last blank cannot change the fill: leave them out of every pass.
+  end = min(tokens.shape[1], round_width(int(np.flatnonzero(blanks.any(axis=0))[-1]) + 1))
+  out = tokens.copy()
+  out[:, :end] = decode_causal(params, config, tokens[:, :end], known[:, :end], valid[:, :end],
+                               sampler=GREEDY, seed=seed).tokens
+  return out, int(blanks.any(axis=0).sum())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from a3_jax.config import ModelConfig
-from a3_jax.tasks import generation, infill, multiple_choice
+from a3_jax.tasks import MULTIPLE_CHOICE, TASKS, generation, infill, multiple_choice
 from a3_jax.errors import UserError
 
-TASKS = tuple(sorted(multiple_choice.TASKS)) + ("triviaqa", "rocstories")
+if tuple(sorted(multiple_choice.TASKS)) != MULTIPLE_CHOICE:
+  raise ImportError(f"tasks.MULTIPLE_CHOICE {MULTIPLE_CHOICE} != multiple_choice.TASKS")
+
 # The fill method of each head for the generation tasks (a3-dynamic is asked for by name).
 HEAD_METHODS = {"query": "a3", "content": "ar", "mdm": "mdm"}
 

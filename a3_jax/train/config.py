@@ -15,13 +15,22 @@ import math
 import jax
 from absl import flags
 
-from a3_jax.config import ModelConfig, get_preset, resolve
+from a3_jax import cpu_tuning
+from a3_jax import sharding as shd
+from a3_jax.checkpoint import CHANGEABLE
+from a3_jax.config import PRESETS, ModelConfig, finite_in, get_preset, resolve
 from a3_jax.convert.loader import read_config
+from a3_jax.data.sft import OVERLONG, SCHEME as SFT_SCHEME
 from a3_jax.errors import UserError
-from a3_jax.grouping import parse_curriculum
+from a3_jax.grouping import check_group_sizes, parse_curriculum
 from a3_jax.tokenizer import load_tokenizer
 
 OBJECTIVES = ("a3", "ar", "mdm")
+# The authors' five adaptation stages (experiments/paper) and learning rate: a3-train's
+# defaults with --init_from (starting_defaults).
+PAPER_STAGES = ("ar", "block:2", "block:4", "perm:4", "perm:8")
+PAPER_LR = 2e-5
+SCHEDULE_STEPS = "schedule_steps"  # flags.json: the steps the LR schedule was laid out for
 SCHEDULES = ("cosine", "linear", "constant")
 _BOUNDS = {">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0,
            "in [0, 1)": lambda v: 0 <= v < 1}
@@ -42,6 +51,9 @@ def _check_fields(config) -> None:
       continue
     if isinstance(value, float) and not (math.isfinite(value) and _BOUNDS[bound](value)):
       raise UserError(f"--{flag} must be a finite number {bound}, got {value}")
+    if isinstance(value, float) and not finite_in(value, "float32"):  # what optax computes in
+      raise UserError(f"--{flag} must be a finite number {bound}, got {value} (infinite in "
+                      "float32)")
     if isinstance(value, int) and not _BOUNDS[bound](value):
       raise UserError(f"--{flag} must be {bound}, got {value}")
 
@@ -54,8 +66,10 @@ class TrainConfig:
   mdm_shift and mdm_anneal_steps adapt a causal model to it the DiffuLLaMA way
   (position i predicts token i+1; attention annealed from causal to full)."""
 
-  lr: float = _field(2e-3, "peak learning rate", bound="> 0")
-  warmup_steps: int = _field(50, "linear warmup steps", bound=">= 0")
+  lr: float = _field(2e-3, "peak learning rate (a3-train's default: 2e-3 from scratch, the "
+                     f"paper's {PAPER_LR} with --init_from)", bound="> 0")
+  warmup_steps: int = _field(50, "linear warmup steps (a3-train's default: 50; with "
+                             "--init_from min(50, steps/10))", bound=">= 0")
   total_steps: int = _field(700, flag="steps", bound=">= 1")  # a run's: Job.steps
   schedule: str = _field("cosine", "decay after warmup", choices=SCHEDULES)
   end_lr_ratio: float = _field(0.1, bound=">= 0")
@@ -74,6 +88,9 @@ class TrainConfig:
                            "(DiffuLLaMA's shift, for adapting a causal model)")
   mdm_anneal_steps: int = _field(0, "--objective=mdm: steps over which attention is annealed "
                                  "from causal to full (0 = full from the start)", bound=">= 0")
+  sft_given_rate: float = _field(
+      0.0, "--data=sft:GLOB: each response token also joins the prompt in group 0 (given, "
+      "not scored) with this probability: infilling-style conditioning", bound="in [0, 1)")
 
   def __post_init__(self):
     _check_fields(self)
@@ -86,7 +103,8 @@ class Job:
   """Everything one training run is told (the flags of a3-train)."""
 
   workdir: str = _field("runs/default", "run directory: checkpoints, metrics.jsonl, tensorboard/")
-  preset: str = _field("small", "model preset (a3_jax.config.PRESETS)")
+  preset: str = _field("small", f"model preset: {' | '.join(PRESETS)} (ignored with "
+                       "--init_from, whose checkpoint fixes the architecture)")
   steps: int = _field(700, "total training steps", bound=">= 1")
   batch_size: int = _field(8, "global batch size (rows)", bound=">= 1")
   seq_len: int = _field(256, "tokens per row", bound=">= 1")
@@ -94,14 +112,25 @@ class Job:
   # half an A3 step's cost), then the A3 curriculum (experiments/cpu_default).
   curriculum: str = _field(
       "causal:360,ar:50,block:4:50,mix:ar=0.5,perm:4=0.5:240",
-      "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS); "
-      "the last stage runs on past its steps")
-  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]")
+      "stages STRATEGY:STEPS, comma separated (ar, block:K, perm:K, mix:S=W,...:STEPS, "
+      "causal:STEPS); the last stage runs on past its steps. a3-train's default follows the "
+      "start: from scratch this one (a causal LM, then A3); with --init_from the paper's "
+      "stages ar, block:2, block:4, perm:4, perm:8 in equal shares of --steps; with "
+      "--objective=ar|mdm ar:STEPS")
+  data: str = _field("shakespeare", "shakespeare | text:GLOB | arrayrecord:GLOB | tfds:NAME[:SPLIT]"
+                     " | parquet:GLOB[#COLUMN] | jsonl:GLOB[#FIELD] | mix:SOURCE=W,SOURCE=W,..."
+                     " | sft:GLOB (.jsonl prompt/response or chat examples: fine-tuning, the "
+                     "prompt in group 0)")
   eval_data: str | None = _field(
       None, "validation source (default: the validation split of --data)")
   data_dir: str | None = _field(None, "tfds data directory (default: tfds' own)")
+  sft_overlong: str = _field("refuse", "--data=sft:GLOB: an example longer than --seq_len is "
+                             "refused (naming file and line) or truncated (its response's end)",
+                             choices=OVERLONG)
   tokenizer: str | None = _field(
-      None, "sentencepiece .model path (default: the embedded one)")
+      None, "a sentencepiece .model or HF tokenizer.json (with tokenizer_config.json "
+      "beside it naming bos/eos/pad) (default: the embedded one; with --init_from, "
+      "the checkpoint's)")
   mesh: str = _field("data:-1", "mesh spec, e.g. data:2,fsdp:2,tensor:2 (-1 = the rest)")
   seed: int = _field(0, "seed of init, data order and groupings")
   eval_every: int = _field(100, "steps between validation evals", bound=">= 1")
@@ -115,12 +144,23 @@ class Job:
       flag="model")
   train: TrainConfig = TrainConfig()
   worker_count: int = _field(0, "grain worker processes for tokenization", bound=">= 0")
+  allow_change: str = _field(
+      "", "run settings a resume may change on purpose, comma separated: "
+      f"{', '.join(CHANGEABLE)} (the data stream then starts afresh; never the tokenizer)")
   skip_nonfinite: bool = _field(
       False, "skip a batch whose loss or gradient norm is not finite (counted in metrics as "
       "skipped_nonfinite) instead of stopping the run")
 
   def __post_init__(self):
     _check_fields(self)
+    unknown = sorted(set(self.allowed_changes) - set(CHANGEABLE))
+    if unknown:
+      raise UserError(f"--allow_change={self.allow_change}: {unknown[0]!r} is not one of "
+                      f"{list(CHANGEABLE)}")
+
+  @property
+  def allowed_changes(self) -> tuple[str, ...]:
+    return tuple(s.strip() for s in self.allow_change.split(",") if s.strip())
 
   @property
   def train_config(self) -> TrainConfig:
@@ -150,11 +190,52 @@ def define_flags(fv: flags.FlagValues) -> None:
       define(name, f.default, help_text, flag_values=fv)
 
 
+def starting_defaults(init_from: str | None, objective: str, steps: int) -> dict[str, object]:
+  """{field: value} of a3-train's defaults that follow where a run starts: from scratch
+  the fields' own (a causal LM, then A3, at lr 2e-3); with --init_from (a pretrained
+  AR model: no causal stage) the paper's stages in equal shares of `steps`, at its
+  learning rate; objective 'ar' or 'mdm' (one objective throughout) a single stage."""
+  if objective != "a3":
+    return {"curriculum": f"ar:{steps}"}
+  if not init_from:
+    return {}
+  n = len(PAPER_STAGES)
+  shares = [steps // n + (i < steps % n) for i in range(n)]
+  return {"curriculum": ",".join(f"{s}:{k}" for s, k in zip(PAPER_STAGES, shares) if k),
+          "lr": PAPER_LR, "warmup_steps": min(50, steps // 10)}
+
+
+def resumed_flags(workdir: str) -> dict:
+  """The saved flags of the run a3-train would resume in `workdir` ({} if none)."""
+  from a3_jax import checkpoint
+  from a3_jax.export import run_flags
+  try:
+    resuming = checkpoint.has_checkpoint(workdir)
+  except ImportError:  # gs:// without gcsfs (a3-dry-run): the run itself will say so
+    return {}
+  return run_flags(workdir) if resuming else {}
+
+
+def schedule_steps(saved: dict) -> int | None:
+  """The length its learning-rate schedule was laid out for, of a run's saved flags."""
+  return saved.get(SCHEDULE_STEPS, saved.get("steps"))
+
+
 def job_from_flags(fv: flags.FlagValues) -> Job:
-  """The Job of parsed a3-train flags (in `fv`: a3-train's own, or a tool's that holds them)."""
+  """The Job of parsed a3-train flags (in `fv`: a3-train's own, or a tool's that holds them).
+  Flags not given take the run's own values when it resumes (its saved curriculum, lr and
+  warmup), else `starting_defaults` where those apply, else the fields' defaults."""
   values = {Job: {}, TrainConfig: {}}
   for cls, f in _flag_fields():
     values[cls][f.name] = getattr(fv, f.metadata.get("flag", f.name))
+  saved = resumed_flags(values[Job]["workdir"])
+  defaults = ({"curriculum": saved["curriculum"], "lr": saved["train"]["lr"],
+               "warmup_steps": saved["train"]["warmup_steps"]} if saved else
+              starting_defaults(values[Job]["init_from"], values[TrainConfig]["objective"],
+                                values[Job]["steps"]))
+  for name, value in defaults.items():
+    if not fv[name].present:
+      values[Job if name == "curriculum" else TrainConfig][name] = value
   overrides = []
   for item in values[Job]["model_overrides"]:
     name, sep, value = item.partition("=")
@@ -166,16 +247,18 @@ def job_from_flags(fv: flags.FlagValues) -> Job:
 
 
 def model_config_for(job: Job, vocab_size: int | None,
-                     init_config: ModelConfig | None = None) -> ModelConfig:
+                     init_config: ModelConfig | None = None,
+                     platform: str | None = None) -> ModelConfig:
   """THE model config of a run (a3-train and a3-dry-run both call this).
 
   From scratch: --preset with the tokenizer's `vocab_size` and the --model overrides.
   With --init_from: that checkpoint's config (`init_config`, read from --init_from
-  when not given) with the --model overrides of runtime settings only.
+  when not given) with the --model overrides of runtime settings only. `platform`:
+  of the devices the run is for (default: sharding.mesh_platform()), whose defaults
+  (cpu_tuning.model_overrides) the --model flags override.
   """
-  # XLA CPU runs unrolled layers faster than a scan; a --model=scan_layers=... wins.
-  overrides = ((("scan_layers", "false"),) if jax.default_backend() == "cpu" else ()
-               ) + tuple(job.model_overrides)
+  overrides = (cpu_tuning.model_overrides(platform or shd.mesh_platform())
+               + tuple(job.model_overrides))
   if job.init_from:
     base = read_config(job.init_from) if init_config is None else init_config
     return resolve(base, overrides, checkpoint=f"--init_from={job.init_from}")
@@ -188,10 +271,17 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
   if job.seq_len > model_config.max_seq_len:
     raise UserError(f"--seq_len={job.seq_len} exceeds the model's max_seq_len "
                     f"({model_config.max_seq_len})")
+  check_group_sizes(curriculum, job.seq_len)
   if curriculum.has_causal and job.train.objective != "a3":
     raise UserError(f"a 'causal' curriculum stage belongs to objective 'a3' (it trains the "
                     f"content stream before the A3 stages); objective "
                     f"{job.train.objective!r} has one objective throughout")
+  sft = job.data.startswith(SFT_SCHEME)
+  if job.train.sft_given_rate and not sft:
+    raise UserError("--sft_given_rate applies to fine-tuning data (--data=sft:GLOB)")
+  if job.train.objective == "mdm" and (sft or (job.eval_data or "").startswith(SFT_SCHEME)):
+    raise UserError("--data=sft: trains objective 'a3' or 'ar' (the prompt in group 0, or "
+                    "the response scored causally); 'mdm' has no prompt-conditioned loss")
   if model_config.attention == "kernel":
     k = model_config.attention_group_size
     for strategy, _ in curriculum.stages:
@@ -203,11 +293,13 @@ def validate_plan(job: Job, model_config: ModelConfig, curriculum) -> None:
                         f"stage {strategy.name!r} differs (use attention=chunked)")
 
 
-def planned_config(job: Job, init_config: ModelConfig | None = None) -> ModelConfig:
-  """The model config `loop.run(job)` trains, checked against the curriculum, without
-  devices or weights (a3-dry-run). `init_config` stands in for --init_from's config."""
+def planned_config(job: Job, init_config: ModelConfig | None = None,
+                   platform: str | None = None) -> ModelConfig:
+  """The model config `loop.run(job)` trains on `platform`'s devices, checked against
+  the curriculum, without devices or weights (a3-dry-run). `init_config` stands in for
+  --init_from's config."""
   vocab_size = None if job.init_from else load_tokenizer(job.tokenizer).vocab_size
-  model_config = model_config_for(job, vocab_size, init_config)
+  model_config = model_config_for(job, vocab_size, init_config, platform)
   validate_plan(job, model_config, parse_curriculum(job.curriculum))
   return model_config
 

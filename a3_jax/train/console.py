@@ -9,7 +9,7 @@ import jax
 
 from a3_jax.config import ModelConfig
 from a3_jax.export import RUN_FLAGS
-from a3_jax.flops import expected_seconds
+from a3_jax.progress import clock  # noqa: F401 (the one formatter of durations)
 from a3_jax.train.config import Job
 
 
@@ -17,42 +17,63 @@ def warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def clock(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 60}m{seconds % 60:02d}s"
+def trained_heads(job: Job, steps: int | None = None) -> tuple[str, str | None]:
+  """(the head a3-generate should read after `steps` (default --steps) of this run,
+  why not the query head, or None)."""
+  from a3_jax.history import causal_steps
+  steps = job.steps if steps is None else steps
+  if job.train.objective != "a3":
+    return "content", f"--objective={job.train.objective} trains no query stream"
+  causal = causal_steps(job.curriculum)
+  if steps <= causal:
+    return "content", (f"--steps={steps} ends inside the 'causal' stage (A3 training "
+                       f"starts after step {causal}): the query stream A3 decodes with is "
+                       "not trained")
+  return "query", None
 
 
-def banner(job: Job, curriculum, model_config: ModelConfig, params, start: int) -> None:
-  """The run's first line: preset, size, workdir, and a rough expected duration."""
+def banner(job: Job, model_config: ModelConfig, params, start: int, expected: float | None,
+           validations: int, validation_s: float) -> None:
+  """The run's first lines: preset, size, workdir, the expected duration and its parts,
+  and a note when the run trains no query stream."""
   if jax.process_index():
     return
   count = sum(x.size for x in jax.tree.leaves(params))
   tokens = (job.steps - start) * job.batch_size * job.seq_len
-  seconds, begin = 0.0, 0  # each remaining stage at its own cost (the last runs on)
-  for i, (strategy, steps) in enumerate(curriculum.stages):
-    end = job.steps if i == len(curriculum.stages) - 1 else min(job.steps, begin + steps)
-    left = max(0, end - max(begin, start))
-    if left:
-      seconds += expected_seconds(model_config, job.seq_len,
-                                  left * job.batch_size * job.seq_len, strategy,
-                                  job.train.objective) or 0.0
-    begin = end
-  duration = f"~{clock(seconds)} expected" if seconds else "duration unknown"
+  duration = (f"~{clock(expected)} expected ({validations} validation(s) at ~{clock(validation_s)}"
+              " and compilation as measured at start-up, steps by the FLOPs model; updated "
+              "from the steps' times as they run)"
+              if expected is not None else "duration unknown until the first steps")
   print(f"a3-train: preset {job.init_from or job.preset}, {count / 1e6:.2f}M parameters, "
         f"{job.steps - start} steps of {job.batch_size}x{job.seq_len} tokens ({tokens:,}) on "
-        f"{jax.device_count()} {jax.default_backend()} device(s), {duration}; "
-        f"workdir {job.workdir}", flush=True)
+        f"{jax.device_count()} {jax.default_backend()} device(s), curriculum {job.curriculum}, "
+        f"lr {job.train.lr:g}; {duration}; workdir {job.workdir}", flush=True)
+  _, why = trained_heads(job)
+  if why:
+    print(f"note: {why}; sample it with a3-generate --head=content", flush=True)
 
 
-def progress(job: Job, record: dict, elapsed: float, steps_done: int) -> None:
+def schedule_note(job: Job, tc) -> str:
+  """What resuming with another --steps does to the learning-rate schedule."""
+  from a3_jax.train.state import learning_rate_schedule
+  final = float(learning_rate_schedule(tc)(tc.total_steps))
+  return (f"this run's learning-rate schedule was laid out for {tc.total_steps} steps and "
+          f"continues as it was, not restarted: with --steps={job.steps}, steps past "
+          f"{tc.total_steps} train at its final rate {final:.2e} (a new schedule: a3-export "
+          "this run and start a fresh --workdir with --init_from=EXPORT)")
+
+
+def progress(job: Job, record: dict, elapsed: float, eta: float | None,
+             compiled: float | None = None) -> None:
   """One step's line (the loop prints every 10th and the first)."""
   kernel = (f" kernel rows {record['kernel_rows']:.0f}/"
             f"{record['kernel_rows'] + record['fallback_rows']:.0f}"
             if "kernel_rows" in record else "")
-  eta = elapsed / steps_done * (job.steps - record["step"])
+  first = f" (compiling ~{clock(compiled)})" if compiled is not None else ""
+  left = "?" if eta is None else clock(eta)
   print(f"step {record['step']}/{job.steps} [{record['stage']}] loss {record['loss']:.4f} "
         f"lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}{kernel} "
-        f"elapsed {clock(elapsed)} ETA {clock(eta)}", flush=True)
+        f"elapsed {clock(elapsed)}{first} ETA {left}", flush=True)
 
 
 def validation(step: int, results: dict) -> None:
@@ -61,11 +82,22 @@ def validation(step: int, results: dict) -> None:
       for k, v in results.items() if k.startswith("nll")), flush=True)
 
 
-def done(job: Job, seconds: float) -> None:
-  """The last lines of a finished run: where its results are, and what to run next."""
+def mixture(step: int, shares: dict) -> None:
+  """The token shares of a --data=mix: so far, beside their weights (this host's rows)."""
+  print(f"step {step} data token shares " + ", ".join(
+      f"{spec} {s['share']:.3f} (weight {s['weight']:.3f})" for spec, s in shares.items()),
+        flush=True)
+
+
+def done(job: Job, seconds: float, expected: float | None) -> None:
+  """The last lines of a finished run: its time against the start's estimate, where its
+  results are, and what to run next (with the head the run trained)."""
   out = job.workdir.rstrip("/").split("/")[-1] or "run"
-  print(f"done in {clock(seconds)}. Results: {job.workdir}/metrics.jsonl "
+  estimate = "" if expected is None else f" (expected at the start: ~{clock(expected)})"
+  head, why = trained_heads(job)
+  then = (f"a3-generate --checkpoint=exports/{out} --prompt=\"ROMEO.\" --max_new_tokens=64"
+          + (" --head=content" if head == "content" else ""))
+  print(f"done in {clock(seconds)}{estimate}. Results: {job.workdir}/metrics.jsonl "
         f"(curves: a3-plot {job.workdir}); flags: {job.workdir}/{RUN_FLAGS}\n"
         f"export: a3-export --workdir={job.workdir} --out=exports/{out}\n"
-        f"then:   a3-generate --checkpoint=exports/{out} --prompt=\"ROMEO.\" "
-        f"--max_new_tokens=64", flush=True)
+        f"then:   {then}" + (f"\n        ({why})" if why else ""), flush=True)

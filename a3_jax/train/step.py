@@ -16,24 +16,28 @@ from a3_jax import attention, mdm
 from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
-from a3_jax.loss import grouped_nll, loss_weights
+from a3_jax.loss import grouped_nll, loss_weights, next_token_weights
 from a3_jax.model import A3LM
 from a3_jax.teacher_forced import predictions
 from a3_jax.train.config import TrainConfig
 from a3_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
 
-def batch_groups(curriculum: Curriculum, step, key, batch):
-  """Group ids of the batch's rows for the stage that `step` is in."""
+def batch_groups(curriculum: Curriculum, step, key, batch, given_rate: float = 0.0):
+  """Group ids of the batch's rows for the stage that `step` is in; fine-tuning rows
+  (with `roles`) put the prompt, and each response token with probability
+  `given_rate`, in group 0 (grouping.response_groups)."""
   stage = curriculum.stage_index(step)
-  return stage, stage_groups(curriculum, stage, key, batch["segment_ids"], batch["positions"])
+  return stage, stage_groups(curriculum, stage, key, batch["segment_ids"], batch["positions"],
+                             batch.get("roles"), given_rate)
 
 
 def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None,
                causal: bool = False):
   """Summed loss statistics (see loss.grouped_nll) of one batch and grouping.
 
-  batch: tokens, segment_ids, positions [B, T] int32. key: the step's key, from
+  batch: tokens, segment_ids, positions [B, T] int32, and roles on fine-tuning rows
+  (only response tokens outside group 0 are scored). key: the step's key, from
   which objective 'mdm' draws its noise (the grouping then gives its attention
   groups: mdm.anneal_groups, all 0 = full attention). causal (objective 'a3', a
   'causal' curriculum stage): train the content stream as a causal LM instead.
@@ -49,8 +53,7 @@ def _causal_stats(model: A3LM, tc: TrainConfig, params, batch):
   """Next-token loss of the content stream (the causal LM)."""
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   logits, targets = predictions(model, params, tokens, pos, seg, pos, head="content")
-  # Next-token loss inside each document: the target must share the segment.
-  weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
+  weights = next_token_weights(seg, batch.get("roles"))
   return grouped_nll(logits, targets, weights, tc.z_loss)
 
 
@@ -58,7 +61,7 @@ def _a3_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
   """The grouped loss of the query stream (the A3 objective)."""
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
   logits, targets = predictions(model, params, tokens, groups_BxT, seg, pos)
-  weights = loss_weights(groups_BxT, seg, tc.count_first_group)
+  weights = loss_weights(groups_BxT, seg, tc.count_first_group, batch.get("roles"))
   return grouped_nll(logits, targets, weights, tc.z_loss)
 
 
@@ -120,7 +123,7 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
   keep both branches' residuals. `run.program(causal)` is the jitted program (AOT
   lowering); `run.jitted` the A3 (or the objective's only) one.
 
-  A step whose loss or gradient norm is not finite keeps the old params and
+  A step whose loss, gradient norm or updated params are not finite keeps the old params and
   optimizer state (a select inside the step: no extra host sync) and reports
   metrics['nonfinite'] = 1; the step counter advances either way.
   """
@@ -130,7 +133,7 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
 
   def step_fn(state: TrainState, batch, seed_key, causal: bool):
     key = jax.random.fold_in(seed_key, state.step)
-    stage, groups = batch_groups(curriculum, state.step, key, batch)
+    stage, groups = batch_groups(curriculum, state.step, key, batch, tc.sft_given_rate)
     if tc.objective == "mdm":  # the curriculum's groups become the annealed attention
       groups = mdm.anneal_groups(state.step, tc.mdm_anneal_steps, batch["segment_ids"],
                                  batch["positions"], jax.random.fold_in(key, 1))
@@ -139,7 +142,9 @@ def make_train_step(model_config: ModelConfig, tc: TrainConfig, curriculum: Curr
     params = optax.apply_updates(state.params, updates)
     count = jnp.maximum(stats["count"], 1.0)
     loss, grad_norm = (stats["nll"] + stats["z"]) / count, optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The updated params too (an lr or update that overflows): still one flag, no host sync.
+    params_finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
     keep = lambda new, old: jnp.where(finite, new, old)
     params = jax.tree.map(keep, params, state.params)
     opt_state = jax.tree.map(keep, opt_state, state.opt_state)

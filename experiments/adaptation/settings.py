@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from a3_jax.grouping import equal_curriculum as curriculum  # noqa: F401 (run.py, probe.py)
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -71,10 +73,3 @@ BUDGETS = {
 # stages scaled to the budget; the ablation keeps only the permuted stages.
 A3_STAGES = ("ar", "block:2", "block:4", "perm:4", "perm:8")
 A3_DIRECT_STAGES = ("perm:4", "perm:8")
-
-
-def curriculum(stages: tuple[str, ...], steps: int) -> str:
-  """Equal stages summing to `steps` (the last takes the remainder)."""
-  each = max(1, steps // len(stages))
-  counts = [each] * (len(stages) - 1) + [max(1, steps - each * (len(stages) - 1))]
-  return ",".join(f"{s}:{n}" for s, n in zip(stages, counts))

