@@ -105,12 +105,12 @@ class _ChecksummedPath(atomicity.AtomicRenameTemporaryPath):
     await super().finalize()
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, save_every: int | None = None
-                 ) -> ocp.CheckpointManager:
+def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """The run's manager; it saves whenever asked (the loop decides when: --save_every)."""
   directory = checkpoint_dir(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
-      save_interval_steps=1 if save_every is None else save_every,
+      save_interval_steps=1,
       # gs:// commits by a marker file (orbax's default there), unchecked
       temporary_path_class=None if "://" in str(directory) else _ChecksummedPath)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))

@@ -9,9 +9,9 @@ An item is tokens [n] with group ids [n]:
 One pass of the query stream gives, exactly,
   log p(x_A | x_B) = sum_k sum_{i in G_k} log p(x_i | x_B, x_{G<k}),
 the A3 factorisation of A given B under that order. Items are compacted to
-their present tokens (positions kept), padded to a power-of-two width and
-scored `batch_size` rows per pass; query rows are built for target positions
-only, so a long condition costs content rows alone.
+their present tokens (positions kept) and scored `batch_size` to a pass by
+teacher_forced.score_items, whose query rows are the target positions only, so a
+long condition costs content rows alone.
 
 `target_groups` orders A: 'ar' (one token per group, left to right), 'one'
 (all of A in one group), 'spans' (one group per span, in order), 'block:K',
@@ -21,18 +21,13 @@ only, so a long condition costs content rows alone.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.linen import meta
 
 from a3_jax.config import ModelConfig
 from a3_jax.errors import UserError
-from a3_jax.loss import token_logprobs
-from a3_jax.model import A3LM, Rows
+from a3_jax.teacher_forced import Item, score_items
 
 ABSENT, CONDITION = -1, 0
 TARGET_GROUPINGS = ("ar", "one", "spans", "block:K", "perm:K")
@@ -83,26 +78,6 @@ class ConditionalScores:
   token_logp: tuple[np.ndarray, ...]
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _target_scores(params, tokens_BxT, groups_BxT, seg_BxT, pos_BxT, idx_BxQ, ok_BxQ, *,
-                   config):
-  """(log p, is argmax) [B, Q] of the tokens at idx, from query rows of those positions."""
-  model = A3LM(config)
-  take = functools.partial(jnp.take_along_axis, indices=idx_BxQ, axis=1)
-  content = Rows(groups_BxT, seg_BxT, pos_BxT)
-  query = Rows(take(groups_BxT) - 1, jnp.where(ok_BxQ, take(seg_BxT), 0), take(pos_BxT))
-  _, g_BxQxD, _ = model.apply(params, tokens_BxT, content, query, method=A3LM.forward)
-  logits_BxQxV = model.apply(params, g_BxQxD, method=A3LM.logits)
-  target_BxQ = take(tokens_BxT)
-  return (token_logprobs(logits_BxQxV, target_BxQ),
-          jnp.argmax(logits_BxQxV, axis=-1) == target_BxQ)
-
-
-def padded_width(n: int, cap: int) -> int:
-  """A padded width: the next power of two >= n (at least 8), capped at cap (>= n)."""
-  return min(max(8, 1 << max(n - 1, 0).bit_length()), max(cap, n))
-
-
 def _compact(tokens, groups, positions, config: ModelConfig, where: str):
   """The present tokens of one item: (tokens, groups, positions) [m], checked."""
   tokens = np.asarray(tokens, np.int32)
@@ -142,29 +117,9 @@ def conditional_logprobs(params, config: ModelConfig, tokens: Sequence[Sequence[
     raise UserError("tokens, group ids and positions must list the same items")
   items = [_compact(t, g, None if positions is None else positions[i], config, f"item {i}")
            for i, (t, g) in enumerate(zip(tokens, groups))]
-  params = meta.unbox(params)
-  logp = np.zeros(len(items))
-  greedy = np.zeros(len(items), bool)
-  targets = np.asarray([int(np.sum(g >= 1)) for _, g, _ in items])
-  token_logp = []
-  for s in range(0, len(items), batch_size):
-    chunk = items[s:s + batch_size]
-    width = padded_width(max(len(t) for t, _, _ in chunk), config.max_seq_len)
-    num_q = padded_width(max(int(np.sum(g >= 1)) for _, g, _ in chunk), width)
-    tokens_BxT, groups_BxT, seg_BxT, pos_BxT = (np.zeros((batch_size, width), np.int32)
-                                                for _ in range(4))
-    idx_BxQ = np.zeros((batch_size, num_q), np.int32)  # where each target row looks
-    ok_BxQ = np.zeros((batch_size, num_q), bool)
-    for r, (t, g, p) in enumerate(chunk):
-      m, where = len(t), np.flatnonzero(g >= 1)
-      tokens_BxT[r, :m], groups_BxT[r, :m], seg_BxT[r, :m], pos_BxT[r, :m] = t, g, 1, p
-      idx_BxQ[r, :len(where)], ok_BxQ[r, :len(where)] = where, True
-    lp_BxQ, top_BxQ = _target_scores(params, *map(jnp.asarray, (
-        tokens_BxT, groups_BxT, seg_BxT, pos_BxT, idx_BxQ, ok_BxQ)), config=config)
-    lp_BxQ, top_BxQ = np.asarray(lp_BxQ, np.float64), np.asarray(top_BxQ)
-    for r in range(len(chunk)):
-      n = targets[s + r]
-      logp[s + r] = lp_BxQ[r, :n].sum()
-      greedy[s + r] = bool(top_BxQ[r, :n].all())
-      token_logp.append(lp_BxQ[r, :n])
-  return ConditionalScores(logp, greedy, targets, tuple(token_logp))
+  scores = score_items(params, config, [Item(t, g, p, g >= 1) for t, g, p in items],
+                       batch_size=batch_size)
+  return ConditionalScores(np.asarray([lp.sum() for lp, _ in scores]),
+                           np.asarray([bool(hit.all()) for _, hit in scores]),
+                           np.asarray([len(lp) for lp, _ in scores]),
+                           tuple(lp for lp, _ in scores))

@@ -65,7 +65,7 @@ def _int(name: str, text: str) -> int:
   try:
     return int(text)
   except ValueError:
-    raise UserError(f"{name}={text!r}: expected an integer")
+    raise UserError(f"{name}={text!r}: expected an integer") from None
 
 
 def _device_ids(name: str, items) -> tuple[int, ...]:

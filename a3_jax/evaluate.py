@@ -22,55 +22,18 @@ how much the model's factorisations disagree.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.linen import meta
 
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Strategy, parse_strategy, sample_groups
-from a3_jax.loss import token_logprobs
-from a3_jax.model import A3LM, stream_rows
 from a3_jax.errors import UserError
+from a3_jax.teacher_forced import Item, check_head, score_items
 
-HEADS = ("query", "content")
 CURVE_SIZES = (1, 2, 4, 8, 16)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "head"))
-def _logprobs(params, tokens_BxT, groups_BxT, seg_BxT, pos_BxT, *, config, head):
-  model = A3LM(config)
-  content, query = stream_rows(groups_BxT, seg_BxT, pos_BxT)
-  if head == "query":
-    _, g, _ = model.apply(params, tokens_BxT, content, query, method=A3LM.forward,
-                          content_out=False)
-    return token_logprobs(model.apply(params, g, method=A3LM.logits), tokens_BxT)
-  h, _, _ = model.apply(params, tokens_BxT, content, None, method=A3LM.forward)
-  lp_BxT1 = token_logprobs(model.apply(params, h[:, :-1], method=A3LM.logits), tokens_BxT[:, 1:])
-  return jnp.pad(lp_BxT1, ((0, 0), (1, 0)))
-
-
-def grouped_logprobs(params, config: ModelConfig, tokens_BxT, groups_BxT, seg_BxT=None,
-                     pos_BxT=None, *, head: str = "query") -> np.ndarray:
-  """log p(x_i | ...) at every position, float32 [B, T], in one pass.
-
-  head='query': log p(x_i | x_j for group j < group i). head='content': the
-  content stream's prediction of x_i from position i-1 (0 at position 0; only
-  meaningful where i-1 is in the same segment and visible to it, as with `ar`).
-  seg (0 = padding) defaults to all 1; positions default to arange(T).
-  """
-  if head not in HEADS:
-    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
-  tokens = jnp.asarray(tokens_BxT, jnp.int32)
-  seg = jnp.ones_like(tokens) if seg_BxT is None else jnp.asarray(seg_BxT, jnp.int32)
-  pos = (jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-         if pos_BxT is None else jnp.asarray(pos_BxT, jnp.int32))
-  return np.asarray(_logprobs(meta.unbox(params), tokens, jnp.asarray(groups_BxT, jnp.int32),
-                              seg, pos, config=config, head=head))
 
 
 def text_windows(num_tokens: int, window: int, context: int) -> list[tuple[int, int, int]]:
@@ -178,17 +141,14 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
                 progress=None) -> GroupingResult:
   """Exact NLL of token-id texts under one grouping ('ar', 'block:k', 'perm:k').
 
-  Windows default to the model's max_seq_len. Rows are padded to one shape
-  [batch_size, window] so every pass shares one compiled program. `progress(done,
-  total)`, if given, is called about every 10 % of the windows.
+  Windows default to the model's max_seq_len; they are scored `batch_size` to a
+  pass by teacher_forced.score_items. `progress(done, total)`, if given, is called
+  about every 10 % of the windows.
   """
-  if head not in HEADS:
-    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
+  check_head(head)
   strategy = check_grouping(grouping, head)
   if orders < 1:
     raise UserError(f"orders must be >= 1, got {orders}")
-  if batch_size < 1:
-    raise UserError(f"batch_size must be >= 1, got {batch_size}")
   texts = [np.asarray(t, np.int32) for t in texts]
   if not texts:
     raise UserError("no texts to score")
@@ -198,40 +158,14 @@ def score_texts(params, config: ModelConfig, texts: Sequence[Sequence[int]], gro
     if len(ids) < need:
       raise UserError(f"text {d} has {len(ids)} tokens; head={head!r} needs at least {need}")
   orders = orders if strategy.kind == "perm" else 1
-  width = min(window, max(len(t) for t in texts))
-
+  rows = list(_rows(texts, strategy, head, orders, window, context, seed))
+  scores = score_items(params, config, [Item(ids, groups, None, scored)
+                                        for ids, groups, scored, _, _ in rows],
+                       head=head, batch_size=batch_size, progress=progress)
   logp = np.zeros((orders, len(texts)))
-  tokens = 0
-  batch = []
-  total = orders * sum(len(text_windows(len(t), window, context)) for t in texts)
-  done = [0, 0]  # windows scored, windows at the last progress report
-
-  def flush():
-    tok = np.zeros((batch_size, width), np.int32)
-    grp = np.zeros((batch_size, width), np.int32)
-    seg = np.zeros((batch_size, width), np.int32)
-    scored = np.zeros((batch_size, width), bool)
-    for r, (ids, groups, sc, _, _) in enumerate(batch):
-      tok[r, :len(ids)], grp[r, :len(ids)], seg[r, :len(ids)], scored[r, :len(ids)] = (
-          ids, groups, 1, sc)
-    lp = grouped_logprobs(params, config, tok, grp, seg, head=head)
-    sums = np.where(scored, lp, 0.0).astype(np.float64).sum(axis=1)
-    for r, (_, _, _, d, o) in enumerate(batch):
-      logp[o, d] += sums[r]
-    done[0] += len(batch)
-    if progress is not None and (done[0] - done[1] >= total / 10 or done[0] == total):
-      progress(done[0], total)
-      done[1] = done[0]
-    batch.clear()
-
-  for row in _rows(texts, strategy, head, orders, window, context, seed):
-    if row[4] == 0:
-      tokens += int(row[2].sum())
-    batch.append(row)
-    if len(batch) == batch_size:
-      flush()
-  if batch:
-    flush()
+  for (_, _, _, d, o), (lp, _) in zip(rows, scores):
+    logp[o, d] += lp.sum()
+  tokens = sum(int(scored.sum()) for _, _, scored, _, o in rows if o == 0)
   nll_per_order = -logp.sum(axis=1)
   return GroupingResult(strategy.name, head, tokens, nll_per_order, logp)
 

@@ -60,7 +60,7 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from a3_jax import conditional, evaluate
+from a3_jax import conditional, evaluate, teacher_forced
 from a3_jax.convert.loader import load_model
 from a3_jax.decoding import (CRITERIA, ORDERS, SamplerConfig, decode_dynamic, decode_groups,
                              schedule)
@@ -216,8 +216,8 @@ class A3JaxLM(LM):
       members = sorted(members, key=lambda i: -len(prompts[i]))
       for s in range(0, len(members), self.batch_size):
         chunk = members[s:s + self.batch_size]
-        width = conditional.padded_width(max(len(prompts[i]) for i in chunk) + new_toks,
-                                         self.config.max_seq_len)
+        width = teacher_forced.padded_width(max(len(prompts[i]) for i in chunk) + new_toks,
+                                            self.config.max_seq_len)
         tokens = np.zeros((self.batch_size, width), np.int32)
         known = np.zeros((self.batch_size, width), bool)
         valid = np.zeros((self.batch_size, width), bool)

@@ -62,7 +62,7 @@ def segments(text: str, unmarked: str = "absent") -> list[tuple[str, str]]:
     pieces.append((role, body))
     at = m.end()
   pieces.append((unmarked, text[at:]))
-  for role, body in pieces:
+  for _, body in pieces:
     bad = [mark for mark in _MARKS if mark in body]
     if bad:
       raise UserError(f"marked text {text!r}: stray or nested {bad[0]!r} (spans are "

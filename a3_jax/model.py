@@ -14,7 +14,7 @@ cached decoding (new content rows + query rows against the cache) are one code p
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import chex
 import flax.linen as nn
@@ -26,6 +26,9 @@ from a3_jax import attention
 from a3_jax.config import ModelConfig
 from a3_jax.layers import MLP, Projections, RMSNorm, _param, apply_rope, rope_inv_freq
 from a3_jax.errors import UserError
+
+if TYPE_CHECKING:  # an annotation only: decoding imports this module
+  from a3_jax.decoding.cache import KVCache
 
 _ACT = ("act_batch", "act_length", "act_embed")
 _ACT_HEADS = ("act_batch", "act_length", "act_heads", None)
@@ -205,7 +208,7 @@ class A3LM(nn.Module):
     for i in range(cfg.num_layers):
       last = skip_content and i == cfg.num_layers - 1
       layer = layer_cls(cfg, query_only=last, parent=None)
-      params_i = jax.tree.map(lambda a: a[i], stacked)
+      params_i = jax.tree.map(lambda a, i=i: a[i], stacked)
       kv_i = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
       write = None
       if cache is not None:

@@ -181,7 +181,7 @@ class WorkdirLock:
         if holder is None:  # never torn (created whole): foreign, or damaged
           self.release_created()
           raise UserError(f"--workdir={self.workdir}: the lock file {self.path} is unreadable "
-                          "(not one a3_jax wrote); delete it if no run uses this workdir")
+                          "(not one a3_jax wrote); delete it if no run uses this workdir") from None
         if holder.get("host") == self.owner["host"] and not _holder_alive(holder):
           print(f"warning: taking over the stale lock {self.path} of pid {holder.get('pid')}, "
                 "which is no longer running", file=sys.stderr, flush=True)
@@ -189,7 +189,7 @@ class WorkdirLock:
           self.release_created()
           raise UserError(f"--workdir={self.workdir} is in use by pid {holder.get('pid')} on "
                           f"host {holder.get('host')} (lock file {self.path}); wait for that run "
-                          "to end, or delete the lock file if it is gone")
+                          "to end, or delete the lock file if it is gone") from None
         with contextlib.suppress(FileNotFoundError):
           os.remove(self.path)
         continue

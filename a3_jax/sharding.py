@@ -70,7 +70,7 @@ def _axis_sizes(spec: str) -> tuple[dict[str, int], str | None]:
     try:
       size = int(size_text)
     except ValueError:
-      raise UserError(f"malformed --mesh={spec}: size {size_text!r} is not an integer")
+      raise UserError(f"malformed --mesh={spec}: size {size_text!r} is not an integer") from None
     if size == -1:
       if rest is not None:
         raise UserError(f"malformed --mesh={spec}: only one axis may be -1")

@@ -109,8 +109,8 @@ def main(argv):
     for order_name in FLAGS.orders:
       order = decode.schedule(known, order=order_name, group_size=1, seed=1)
       generated = int((order > 0).sum())
-      fns = {0: lambda: decode.decode_groups(params, cfg, tokens, order, sampler=sampler,
-                                             seed=0)}
+      fns = {0: functools.partial(decode.decode_groups, params, cfg, tokens, order,
+                                  sampler=sampler, seed=0)}
       for k in draft_sizes:
         fns[k] = functools.partial(speculative.decode_speculative, params, cfg, tokens, order,
                                    draft_size=k, sampler=sampler, seed=0)

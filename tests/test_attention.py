@@ -326,7 +326,8 @@ def test_model_kernel_path_falls_back_when_groups_are_not_blocks(monkeypatch):
     seg = np.where(np.arange(32) < doc_len, 1, 2)[None].repeat(2, 0).astype(np.int32)
     pos = np.where(seg == 1, np.arange(32), np.arange(32) - doc_len).astype(np.int32)
     groups = np.asarray(sample_groups(parse_strategy("perm:4"), jax.random.key(1), seg, pos))
-    want = jax.jit(lambda p: A3LM(cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+    # Each lambda is traced at once, in this iteration: B023 does not apply.
+    want = jax.jit(lambda p: A3LM(cfg).apply(p, tokens, groups, seg, pos)["query"])(params)  # noqa: B023
     with monkeypatch.context() as patch:
       if path == "kernel":
         patch.setattr(attention.chunked, "chunked_attention",
@@ -334,6 +335,6 @@ def test_model_kernel_path_falls_back_when_groups_are_not_blocks(monkeypatch):
       else:
         patch.setattr(attention.kernel, "two_stream_attention",
                       _poisoned(attention.kernel.two_stream_attention))
-      got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)
+      got = jax.jit(lambda p: A3LM(kernel_cfg).apply(p, tokens, groups, seg, pos)["query"])(params)  # noqa: B023
     chex.assert_shape(got, want.shape)
     chex.assert_trees_all_close(got, want, atol=1e-5)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from a3_jax.convert.hf_dir import HFDir
 from a3_jax.convert.loader import load_pretrained, read_config
 from a3_jax.errors import UserError
 from a3_jax.tokenizer import JsonTokenizer, load_tokenizer
-from test_hf_parity import IDS, LLAMA3, content_logits, hf_logits, make_hf_llama
+from hf_reference import IDS, LLAMA3, content_logits, hf_logits, make_hf_llama
 
 # --- Hugging Face directories -------------------------------------------------------
 
@@ -320,6 +321,7 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / f"out{i}"
     err = _cli_error(capsys, f"--from={spec}", f"--out={out}")
     assert err.count("\n") == 1 and err.startswith("a3-convert: error:"), err
+    assert re.search(message, err), (message, err)
     assert not out.exists() and not (tmp_path / f"out{i}.partial").exists()
   make_hf_llama(str(tmp_path / "ok"))
   (tmp_path / "full").mkdir()

@@ -93,7 +93,6 @@ def test_the_program_exits_2_with_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def converted_dir(tmp_path_factory):
   """A tiny export that says it was converted from an AR LLaMA (as a3-convert writes)."""
-  import shutil
   from a3_jax.export import RUN_FLAGS
   path = tiny_export(tmp_path_factory.mktemp("converted"))
   with open(f"{path}/{RUN_FLAGS}", "w") as f:

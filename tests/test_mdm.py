@@ -171,7 +171,7 @@ def test_nelbo_texts_and_bad_input(params):
 def test_shifted_mdm_at_anneal_start_is_the_causal_model(params):
   """Step 0 of the annealing (width-1 blocks) with the shift: the unmasked MDM's
   prediction of x_i is the causal content stream's, from position i - 1."""
-  from a3_jax import evaluate
+  from a3_jax import teacher_forced
   tokens = np.random.default_rng(6).integers(1, CFG.vocab_size, (2, 12)).astype(np.int32)
   seg = np.ones((2, 12), np.int32)
   pos = np.broadcast_to(np.arange(12, dtype=np.int32), (2, 12))
@@ -182,7 +182,8 @@ def test_shifted_mdm_at_anneal_start_is_the_causal_model(params):
   logp = jax.nn.log_softmax(out, axis=-1)
   got = np.take_along_axis(np.asarray(logp), tokens[..., None], -1)[..., 0][:, 1:]
   # The causal model's log-probs renormalised without the mask token (its logit is -inf).
-  causal = evaluate.grouped_logprobs(params, CFG, tokens, pos, seg, head="content")[:, 1:]
+  causal = np.asarray(jax.jit(lambda p: teacher_forced.token_scores(
+      A3LM(CFG), p, tokens, pos, seg, pos, head="content")[0])(params))[:, 1:]
   h = jax.jit(lambda p: A3LM(CFG).apply(p, tokens, mdm.Rows(pos, seg, pos), None,
                                         method=A3LM.forward)[0])(params)
   raw = np.asarray(jax.nn.log_softmax(A3LM(CFG).apply(params, h, method=A3LM.logits), -1))

@@ -1,6 +1,9 @@
 """Play-derived tasks (cloze, speaker, passages), continuation quality, the
 diffusion model's multiple-choice score, on a synthetic play and a tiny model."""
 
+import os
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -8,7 +11,12 @@ from flax.linen import meta
 
 from a3_jax.config import get_preset
 from a3_jax.model import init_params
-from a3_jax.tasks import continuation, plays, scoring
+from a3_jax.tasks import scoring
+
+# plays.py and continuation.py serve experiments/adaptation alone and live there.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "adaptation"))
+import continuation
+import plays
 
 CFG = get_preset("tiny")
 SPEAKERS = ("ANNA", "BORIS", "CARLA", "DMITRI", "ELENA")

@@ -13,7 +13,7 @@ from flax.linen import meta
 
 from a3_jax import grouping, roles
 from a3_jax.config import get_preset
-from a3_jax.data import pipeline, sft
+from a3_jax.data import pipeline
 from a3_jax.errors import UserError
 from a3_jax.loss import grouped_nll, loss_weights, next_token_weights
 from a3_jax.model import A3LM, init_params, stream_rows

@@ -11,9 +11,9 @@ import optax
 import pytest
 from flax.linen import meta
 
-from a3_jax import evaluate
+from a3_jax import teacher_forced
 from a3_jax.config import get_preset
-from a3_jax.model import init_params
+from a3_jax.model import A3LM, init_params
 from a3_jax.tasks import fill, generation, infill, multiple_choice, readers, run, scoring
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
@@ -248,7 +248,7 @@ def overfit():
     total = 0.0
     for head, ok in (("query", np.ones_like(content_ok)), ("content", content_ok)):
       tokens, groups, seg, scored = arrays[head]
-      lp = evaluate._logprobs(p, tokens, groups, seg, pos, config=CFG, head=head)
+      lp, _ = teacher_forced.token_scores(A3LM(CFG), p, tokens, groups, seg, pos, head=head)
       s = jnp.sum(jnp.where(scored, lp, 0.0), axis=1)
       total -= jnp.sum(jnp.where(right & ok, s, 0.0)) / np.sum(scored[right & ok])
       logits = jnp.where(valid, s[idx], -1e9)

@@ -117,7 +117,7 @@ def test_checkpoint_of_another_config_is_refused_untouched(tmp_path):
 
 @pytest.mark.slow
 def test_resuming_an_init_from_run_does_not_read_the_pretrained_weights(tmp_path, monkeypatch):
-  from test_hf_parity import make_hf_llama
+  from hf_reference import make_hf_llama
 
   from a3_jax.train import config, loop
   hf_dir = tmp_path / "hf"

@@ -1,6 +1,6 @@
 """Memory-efficient grouped attention: online softmax over query and key tiles.
 
-Implements the visibility rule of a3_jax/attention.py without ever forming a
+Implements the visibility rule of attention/rule.py without ever forming a
 [R, S] array: rows and keys are cut into tiles, each tile's mask is built from
 the per-row (limit, seg) and per-key (group, seg) integers, and a flash-style
 online softmax accumulates the output in fp32. A tile pair that no row of the

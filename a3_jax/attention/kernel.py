@@ -2,7 +2,7 @@
 
 When every group has the same size k, sorting the tokens into generation order
 (padding last, then by segment, then by group) puts group j of a segment in
-block j of k consecutive slots, and the visibility rule of a3_jax/attention.py
+block j of k consecutive slots, and the visibility rule of attention/rule.py
 becomes a static mask plus segment ids (slot indices i, j in generation order):
 
   content rows   i // k >= j // k      (its own group and earlier ones)

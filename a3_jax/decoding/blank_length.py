@@ -11,20 +11,15 @@ maximises score + log prior (ties: the shortest).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.linen import meta
 
 from a3_jax.config import ModelConfig
 from a3_jax.decoding.prompt import LengthTemplate
 from a3_jax.errors import UserError
-from a3_jax.loss import token_logprobs
-from a3_jax.model import A3LM
+from a3_jax.teacher_forced import Item, score_items
 
 
 class LengthChoice(NamedTuple):
@@ -73,18 +68,16 @@ def layout(template: LengthTemplate):
   return tokens, groups.astype(np.int32)
 
 
-def suffix_logprob(params, config: ModelConfig, tokens_NxT, groups_NxT):
-  """Sum over group-1 positions of log p(x_i | group 0): [N] float32 (one pass)."""
-  return _suffix_logprob(meta.unbox(params), jnp.asarray(tokens_NxT, jnp.int32),
-                         jnp.asarray(groups_NxT, jnp.int32), config=config)
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _suffix_logprob(params, tokens_NxT, groups_NxT, *, config):
-  seg_NxT = (groups_NxT >= 0).astype(jnp.int32)
-  logits = A3LM(config).apply(params, tokens_NxT, jnp.maximum(groups_NxT, 0), seg_NxT)["query"]
-  lp_NxT = token_logprobs(logits, tokens_NxT)
-  return jnp.sum(jnp.where(groups_NxT == 1, lp_NxT, 0.0), axis=1)
+def suffix_logprob(params, config: ModelConfig, tokens_NxT, groups_NxT) -> np.ndarray:
+  """Sum over group-1 positions of log p(x_i | group 0): [N] float64, all candidates
+  in one pass (the -1 positions left out, the others keeping their positions)."""
+  tokens_NxT, groups_NxT = np.asarray(tokens_NxT, np.int32), np.asarray(groups_NxT, np.int32)
+  items = []
+  for tokens, groups in zip(tokens_NxT, groups_NxT):
+    present = np.flatnonzero(groups >= 0)
+    items.append(Item(tokens[present], groups[present], present, groups[present] == 1))
+  scores = score_items(params, config, items, batch_size=len(items))
+  return np.asarray([lp.sum() for lp, _ in scores])
 
 
 def choose_length(params, config: ModelConfig, template: LengthTemplate,
@@ -101,6 +94,6 @@ def choose_length(params, config: ModelConfig, template: LengthTemplate,
   lp = log_prior(prior, lengths) if isinstance(prior, str) else np.asarray(prior, np.float64)
   if lp.shape != lengths.shape:
     raise UserError(f"length prior has {lp.shape} values for {len(lengths)} candidate lengths")
-  score = np.asarray(suffix_logprob(params, config, tokens, groups), np.float64)
+  score = suffix_logprob(params, config, tokens, groups)
   total = score + lp
   return LengthChoice(lengths, score, lp, total, int(lengths[np.argmax(total)]))

@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a3_jax import teacher_forced
 from a3_jax.decoding import cache as kv_cache, sampling
 from a3_jax.config import ModelConfig
-from a3_jax.loss import token_logprobs
 from a3_jax.decoding.cache import KVCache
 from a3_jax.model import A3LM, Rows
 from a3_jax.errors import UserError
@@ -159,15 +159,46 @@ def sequence_logprob(params, config: ModelConfig, tokens_BxT, groups_BxT):
   """
   groups_BxT = jnp.asarray(groups_BxT, jnp.int32)
   seg_BxT = (groups_BxT >= 0).astype(jnp.int32)
-  logits = A3LM(config).apply(params, tokens_BxT, jnp.maximum(groups_BxT, 0), seg_BxT)["query"]
-  lp_BxT = token_logprobs(logits, jnp.asarray(tokens_BxT, jnp.int32))
+  lp_BxT, _ = teacher_forced.token_scores(A3LM(config), params,
+                                          jnp.asarray(tokens_BxT, jnp.int32),
+                                          jnp.maximum(groups_BxT, 0), seg_BxT)
   return jnp.sum(jnp.where(groups_BxT > 0, lp_BxT, 0.0), axis=1)
 
 
-def _scatter(x_BxT, pos_BxR, take_BxR, values):
+def scatter(x_BxT, pos_BxR, take_BxR, values):
+  """x with x[b, pos[b, r]] = values[b, r] where take[b, r]."""
   b, t = x_BxT.shape
   row_BxR = jnp.broadcast_to(jnp.arange(b)[:, None], pos_BxR.shape)
   return x_BxT.at[row_BxR, jnp.where(take_BxR, pos_BxR, t)].set(values, mode="drop")
+
+
+def query_logits(model: A3LM, params, tokens, content: Rows, query: Rows, cache,
+                 cache_slots=None):
+  """(query-stream logits, K/V) of one decoding call: the content rows' K/V are
+  returned (no cache), or written into the cache in place at cache_slots."""
+  _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward,
+                         content_out=False, cache_slots=cache_slots)
+  return model.apply(params, g, method=A3LM.logits), kv
+
+
+def prefill_rows(tokens_BxT, known_BxT, num_known: int):
+  """The known tokens (group 0, mutually visible) gathered into P = num_known content
+  rows: (tokens [B, P], Rows, ok [B, P]); with a cache, their K/V go to slots [0, P)."""
+  b = tokens_BxT.shape[0]
+  idx_BxP = jnp.argsort(~known_BxT, axis=1, stable=True)[:, :num_known].astype(jnp.int32)
+  ok_BxP = jnp.take_along_axis(known_BxT, idx_BxP, axis=1)
+  content = Rows(jnp.zeros((b, num_known), jnp.int32), ok_BxP.astype(jnp.int32), idx_BxP)
+  return jnp.take_along_axis(tokens_BxT, idx_BxP, axis=1), content, ok_BxP
+
+
+def first_eos(tokens_XxT, filled_XxT, generated_XxT, valid_XxT, eos_id):
+  """(e, stop) [X]: the position of the first generated EOS (T if none), and whether a
+  row stops on it: every valid position before it is filled (X: any leading dims)."""
+  t = tokens_XxT.shape[-1]
+  is_eos = generated_XxT & (tokens_XxT == eos_id)
+  e_X = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1), t)
+  gap_X = jnp.any(valid_XxT & ~filled_XxT & (jnp.arange(t) < e_X[..., None]), axis=-1)
+  return e_X, (e_X < t) & ~gap_X
 
 
 def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row_ids_B,
@@ -197,20 +228,15 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
       left_BxQxR = (content.pos[:, None, :] == query.pos[:, :, None] - 1) & (content.seg[:, None, :] > 0)
       left_BxQ = jnp.argmax(left_BxQxR, axis=-1)
       g = jnp.take_along_axis(h, left_BxQ[..., None], axis=1)
-    else:
-      _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward,
-                             content_out=False, cache_slots=cache_slots)
-    return model.apply(params, g, method=A3LM.logits), kv
+      return model.apply(params, g, method=A3LM.logits), kv
+    return query_logits(model, params, tokens, content, query, cache, cache_slots)
 
   def prefill(state, idx_BxQ, ok_BxQ):
-    # Known tokens (group 0) gathered into P content rows; fused with step 1's queries.
-    p = policy.num_known
-    known_idx_BxP = jnp.argsort(~known_BxT, axis=1, stable=True)[:, :p].astype(jnp.int32)
-    known_ok_BxP = jnp.take_along_axis(known_BxT, known_idx_BxP, axis=1)
-    group_BxP = known_idx_BxP if causal else jnp.zeros((b, p), jnp.int32)
-    content = Rows(group_BxP, known_ok_BxP.astype(jnp.int32), known_idx_BxP)
+    # Known tokens (group 0) in P content rows, fused with step 1's queries.
+    tokens_BxP, content, known_ok_BxP = prefill_rows(state.tokens, known_BxT, policy.num_known)
+    group_BxP = content.pos if causal else content.limit  # causal: groups are positions
+    content = content._replace(limit=group_BxP)
     query = Rows(jnp.zeros_like(idx_BxQ), ok_BxQ.astype(jnp.int32), idx_BxQ)
-    tokens_BxP = jnp.take_along_axis(state.tokens, known_idx_BxP, axis=1)
     logits, (k, v) = forward(tokens_BxP, content, query, None)
     cache, fill = kv_cache.append(state.cache, state.fill, k, v, known_ok_BxP, group_BxP)
     return logits, state._replace(cache=cache, fill=fill)
@@ -257,17 +283,16 @@ def run(params, config: ModelConfig, tokens_BxT, known_BxT, valid_BxT, seed, row
     lp_BxR = jnp.where(given_BxR, 0.0, lp_BxR)
 
     # EOS: the first generated EOS, once every position before it is filled.
-    tokens1 = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
-    groups1 = _scatter(state.groups, pos_BxR, take_BxR, t_now)
-    is_eos = (groups1 > 0) & ~given_BxT & (tokens1 == eos_id)
-    e_B = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), t)
-    gap_before = jnp.any(valid_BxT & (groups1 < 0) & (pos_BxT < e_B[:, None]), axis=1)
-    stop_B = (e_B < t) & ~gap_before & ~state.done
+    tokens1 = scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
+    groups1 = scatter(state.groups, pos_BxR, take_BxR, t_now)
+    e_B, stop_B = first_eos(tokens1, groups1 >= 0, (groups1 > 0) & ~given_BxT, valid_BxT,
+                            eos_id)
+    stop_B = stop_B & ~state.done
     take_BxR = take_BxR & ~(stop_B[:, None] & (pos_BxR > e_B[:, None]))
     length = jnp.where(stop_B, e_B + 1, state.length)
 
-    tokens = _scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
-    groups = _scatter(state.groups, pos_BxR, take_BxR, t_now)
+    tokens = scatter(state.tokens, pos_BxR, take_BxR, tok_BxR)
+    groups = scatter(state.groups, pos_BxR, take_BxR, t_now)
     finished_B = ~jnp.any(valid_BxT & (groups < 0), axis=1)
     return state._replace(
         step=t_now + 1, tokens=tokens, groups=groups,

@@ -169,14 +169,11 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
   b, t = tokens_BxT.shape
   n = sigma_BxN.shape[1]
   v = config.vocab_size
-  pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   known_BxT = rank_BxT < 0
   valid_BxT = rank_BxT < t + n
   slot_K = jnp.arange(k, dtype=jnp.int32)
 
-  def forward(tokens, content, query, cache):
-    _, g, kv = model.apply(params, tokens, content, query, cache, method=A3LM.forward)
-    return model.apply(params, g, method=A3LM.logits), kv
+  forward = functools.partial(decode_loop.query_logits, model, params)
 
   def at_rank(rank_BxJ):
     """Positions of sigma ranks [B, J] and whether the rank is a blank of the row."""
@@ -260,21 +257,21 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
     c_pos_BxK, _ = at_rank(c0_B[:, None] + slot_K)
 
     # EOS: the first commit after which a generated EOS has every earlier position filled.
-    tokens1 = _scatter(s.tokens, c_pos_BxK, take_BxK, tok_BxK)
+    # Slot j's view: the positions filled once commits 0..j are in.
+    tokens1 = decode_loop.scatter(s.tokens, c_pos_BxK, take_BxK, tok_BxK)
     filled_BxKxT = valid_BxT[:, None] & (rank_BxT[:, None] <= (c0_B[:, None] + slot_K)[..., None])
-    is_eos = filled_BxKxT & ~known_BxT[:, None] & (tokens1[:, None] == eos_id)
-    e_BxK = jnp.where(jnp.any(is_eos, axis=2), jnp.argmax(is_eos, axis=2), t)
-    gap = jnp.any(valid_BxT[:, None] & ~filled_BxKxT & (pos_BxT[:, None] < e_BxK[..., None]),
-                  axis=2)
-    stop_BxK = (e_BxK < t) & ~gap & take_BxK
+    e_BxK, stop_BxK = decode_loop.first_eos(
+        jnp.broadcast_to(tokens1[:, None], filled_BxKxT.shape), filled_BxKxT,
+        filled_BxKxT & ~known_BxT[:, None], valid_BxT[:, None], eos_id)
+    stop_BxK = stop_BxK & take_BxK
     stop_B = jnp.any(stop_BxK, axis=1)
     first = jnp.argmax(stop_BxK, axis=1)
     take_BxK = take_BxK & ~(stop_B[:, None] & (slot_K > first[:, None]))
     length = jnp.where(stop_B, jnp.take_along_axis(e_BxK, first[:, None], axis=1)[:, 0] + 1,
                        s.length)
 
-    tokens = _scatter(s.tokens, c_pos_BxK, take_BxK, tok_BxK)
-    groups = _scatter(s.groups, c_pos_BxK, take_BxK, c0_B[:, None] + slot_K + 1)
+    tokens = decode_loop.scatter(s.tokens, c_pos_BxK, take_BxK, tok_BxK)
+    groups = decode_loop.scatter(s.groups, c_pos_BxK, take_BxK, c0_B[:, None] + slot_K + 1)
     finished = ~jnp.any(valid_BxT & (groups < 0), axis=1)
     append_ok = jnp.where(s.verify[:, None], slot_K < i_B[:, None], slot_K == 0) & live[:, None]
     state = s._replace(
@@ -290,12 +287,9 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
 
   def prefill(s):
     # Known tokens (group 0) in P content rows, with the first k draft rows.
-    p = num_known
-    known_idx_BxP = jnp.argsort(~known_BxT, axis=1, stable=True)[:, :p].astype(jnp.int32)
-    known_ok_BxP = jnp.take_along_axis(known_BxT, known_idx_BxP, axis=1)
-    content = Rows(jnp.zeros((b, p), jnp.int32), known_ok_BxP.astype(jnp.int32), known_idx_BxP)
+    tokens_BxP, content, known_ok_BxP = decode_loop.prefill_rows(s.tokens, known_BxT,
+                                                                 num_known)
     query, d0_B = query_rows(s)
-    tokens_BxP = jnp.take_along_axis(s.tokens, known_idx_BxP, axis=1)
     logits, (kk, vv) = forward(tokens_BxP, content, query, None)
     cache, fill = kv_cache.append(s.cache, s.fill, kk, vv, known_ok_BxP, 0)
     s, _ = advance(s._replace(cache=cache, fill=fill), logits, d0_B)
@@ -310,14 +304,18 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
                           jnp.take_along_axis(s.tokens, c_pos_BxK, axis=1))
     content = Rows(c_rank_BxK + 1, c_ok_BxK.astype(jnp.int32), c_pos_BxK)
     query, d0_B = query_rows(s)
-    logits, (kk, vv) = forward(c_tok_BxK, content, query, s.cache)
+    # Every content row's K/V is written in place at slots [fill, fill + k); the
+    # committed ones (a prefix: the accepted drafts, or the replacement) are then
+    # marked used, each with its own group id; the rest stay invisible and are
+    # overwritten by the next call.
+    slot_BxK, _ = kv_cache.slots(s.cache, s.fill, c_ok_BxK)
+    logits, (kk, vv) = forward(c_tok_BxK, content, query, s.cache, slot_BxK)
     s, append_ok = advance(s, logits, d0_B)
-    cache, fill = s.cache, s.fill
-    for j in range(k):  # one slot at a time: each slot has its own group id
-      cache, fill = kv_cache.append(cache, fill, kk[:, :, j:j + 1], vv[:, :, j:j + 1],
-                                    append_ok[:, j:j + 1] & c_ok_BxK[:, j:j + 1],
-                                    c_rank_BxK[:, j] + 1)
-    return s._replace(cache=cache, fill=fill)
+    keep_BxK = append_ok & c_ok_BxK
+    drop = s.cache.group.shape[1]
+    marks = kv_cache.mark(s.cache, jnp.where(keep_BxK, slot_BxK, drop), c_rank_BxK + 1)
+    return s._replace(cache=KVCache(kk, vv, *marks),
+                      fill=s.fill + jnp.sum(keep_BxK, axis=1, dtype=jnp.int32))
 
   state = _State(
       call=jnp.asarray(1, jnp.int32),
@@ -344,8 +342,3 @@ def _decode(params, tokens_BxT, sigma_BxN, count_B, rank_BxT, seed, row_ids_B, s
   chex.assert_shape([result.reached, result.accepted], (b, k))
   return result
 
-
-def _scatter(x_BxT, pos_BxK, take_BxK, values):
-  b, t = x_BxT.shape
-  row_BxK = jnp.broadcast_to(jnp.arange(b)[:, None], pos_BxK.shape)
-  return x_BxT.at[row_BxK, jnp.where(take_BxK, pos_BxK, t)].set(values, mode="drop")

@@ -18,8 +18,8 @@ import jax
 
 from a3_jax import mdm
 from a3_jax.config import ModelConfig
-from a3_jax.evaluate import HEADS, grouped_logprobs
 from a3_jax.errors import UserError
+from a3_jax.teacher_forced import Item, check_head, padded_width, score_items
 
 Pair = tuple[Sequence[int], Sequence[int]]
 
@@ -58,35 +58,21 @@ def _row(ctx: Sequence[int], cont: Sequence[int], head: str, max_len: int, start
   return tokens, groups.astype(np.int32), np.arange(n) >= n_ctx
 
 
-def _bucket(n: int, cap: int) -> int:
-  """A padded width: the next power of two >= n (at least 16), capped at `cap` (>= n)."""
-  return min(max(16, 1 << (n - 1).bit_length()), max(cap, n))
-
-
 def loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *, head: str = "query",
                    batch_size: int = 8, max_len: int | None = None,
                    start_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(log p(continuation | context) [n], continuation token counts [n]) of token pairs.
 
   start_id: the token the causal head conditions on when a context is empty.
-  Rows are padded to [batch_size, power-of-two width] so that few programs compile.
+  Scored `batch_size` pairs to a pass by teacher_forced.score_items.
   """
-  if head not in HEADS:
-    raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
+  check_head(head)
   max_len = min(max_len or config.max_seq_len, config.max_seq_len)
   rows = [_row(c, x, head, max_len, start_id) for c, x in pairs]
-  logp = np.zeros(len(rows))
-  counts = np.asarray([int(r[2].sum()) for r in rows])
-  for s in range(0, len(rows), batch_size):
-    chunk = rows[s:s + batch_size]
-    width = _bucket(max(len(r[0]) for r in chunk), max_len)
-    tok, grp, seg = (np.zeros((batch_size, width), np.int32) for _ in range(3))
-    scored = np.zeros((batch_size, width), bool)
-    for i, (t, g, sc) in enumerate(chunk):
-      tok[i, :len(t)], grp[i, :len(t)], seg[i, :len(t)], scored[i, :len(t)] = t, g, 1, sc
-    lp = grouped_logprobs(params, config, tok, grp, seg, head=head)
-    logp[s:s + len(chunk)] = np.where(scored, lp, 0.0).sum(axis=1)[:len(chunk)]
-  return logp, counts
+  scores = score_items(params, config, [Item(t, g, None, sc) for t, g, sc in rows],
+                       head=head, batch_size=batch_size)
+  return (np.asarray([lp.sum() for lp, _ in scores]),
+          np.asarray([int(r[2].sum()) for r in rows]))
 
 
 def mdm_loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *,
@@ -110,7 +96,7 @@ def mdm_loglikelihoods(params, config: ModelConfig, pairs: Sequence[Pair], *,
   logp = np.zeros(len(rows))
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
-    width = _bucket(max(len(r[0]) for r in chunk), max_len)
+    width = padded_width(max(len(r[0]) for r in chunk), max_len)
     tok, seg = np.zeros((batch_size, width), np.int32), np.zeros((batch_size, width), np.int32)
     masked = np.zeros((num_samples, batch_size, width), bool)
     t_KxB = np.ones((num_samples, batch_size), np.float32)

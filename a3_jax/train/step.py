@@ -17,7 +17,8 @@ from a3_jax import sharding as shd
 from a3_jax.config import ModelConfig
 from a3_jax.grouping import Curriculum, stage_groups
 from a3_jax.loss import grouped_nll, loss_weights, next_token_weights
-from a3_jax.model import A3LM, stream_rows
+from a3_jax.model import A3LM
+from a3_jax.teacher_forced import predictions
 from a3_jax.train.config import TrainConfig
 from a3_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
@@ -51,21 +52,17 @@ def loss_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT, key=None
 def _causal_stats(model: A3LM, tc: TrainConfig, params, batch):
   """Next-token loss of the content stream (the causal LM)."""
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
-  content, _ = stream_rows(pos, seg, pos)
-  h, _, _ = model.apply(params, tokens, content, None, method=A3LM.forward)
-  logits = model.apply(params, h[:, :-1], method=A3LM.logits)
+  logits, targets = predictions(model, params, tokens, pos, seg, pos, head="content")
   weights = next_token_weights(seg, batch.get("roles"))
-  return grouped_nll(logits, tokens[:, 1:], weights, tc.z_loss)
+  return grouped_nll(logits, targets, weights, tc.z_loss)
 
 
 def _a3_stats(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):
   """The grouped loss of the query stream (the A3 objective)."""
   tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
-  content, query = stream_rows(groups_BxT, seg, pos)
-  _, g, _ = model.apply(params, tokens, content, query, method=A3LM.forward, content_out=False)
-  logits = model.apply(params, g, method=A3LM.logits)
+  logits, targets = predictions(model, params, tokens, groups_BxT, seg, pos)
   weights = loss_weights(groups_BxT, seg, tc.count_first_group, batch.get("roles"))
-  return grouped_nll(logits, tokens, weights, tc.z_loss)
+  return grouped_nll(logits, targets, weights, tc.z_loss)
 
 
 def loss_fn(model: A3LM, tc: TrainConfig, params, batch, groups_BxT):

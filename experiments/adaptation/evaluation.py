@@ -10,7 +10,10 @@ import numpy as np
 
 from a3_jax import evaluate, mdm
 from a3_jax.decoding.sampling import SamplerConfig
-from a3_jax.tasks import continuation, infill, multiple_choice, plays
+from a3_jax.tasks import infill, multiple_choice
+
+import continuation  # this experiment's modules (run.py runs from this folder)
+import plays
 
 # The sampler of the generation-quality runs (the same for every model).
 GEN_SAMPLER = SamplerConfig(temperature=1.0, top_p=0.9)
