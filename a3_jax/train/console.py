@@ -9,7 +9,7 @@ import jax
 
 from a3_jax.config import ModelConfig
 from a3_jax.export import RUN_FLAGS
-from a3_jax.progress import clock  # noqa: F401 (the one formatter of durations)
+from a3_jax.progress import clock
 from a3_jax.train.config import Job
 
 
