@@ -24,3 +24,10 @@ hypothesis.settings.register_profile(
 hypothesis.settings.register_profile("explore", parent=hypothesis.settings.get_profile("ci"),
                                      derandomize=False)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slow tests first: one run of the whole suite over two processes (pytest -n 2)
+  then hands them out while both are idle, and the short ones fill in at the end."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

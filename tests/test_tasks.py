@@ -330,3 +330,11 @@ def test_rouge_matches_hand_counts():
   assert scores["rouge1"] == pytest.approx(100 * 5 / 6)
   assert scores["rouge2"] == pytest.approx(100 * 3 / 5)
   assert scores["rougeL"] == pytest.approx(100 * 5 / 6)
+  assert scores["rougeL_se"] == 0.0  # one example
+  # per example 100 and 0: mean 50, sample std 70.7, standard error 70.7 / sqrt(2) = 50
+  two = infill.rouge(["a b", "c d"], ["a b", "x y"])
+  assert two["rouge1"] == pytest.approx(50) and two["rouge1_se"] == pytest.approx(50)
+  short = {m: infill.rouge_per_example(["the cat"], ["the cat sat"], m)["rougeL"][0]
+           for m in ("precision", "recall")}
+  assert short == {"precision": pytest.approx(100), "recall": pytest.approx(100 * 2 / 3)}
+  assert infill.rouge_words(" I was happy.....") == ["i", "was", "happy"]

