@@ -27,7 +27,8 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-  """The slow tests first: one run of the whole suite over two processes (pytest -n 2)
-  then hands them out while both are idle, and the short ones fill in at the end."""
+  """The slow tests first: one run of the whole suite over two processes (pytest -n 2
+  --dist=loadfile) then hands out their files while both are idle, and the files of
+  short tests fill in at the end."""
   del config
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

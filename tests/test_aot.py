@@ -21,6 +21,8 @@ _no_cuda_plugin = pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin
 
 def needs_gpu(test):  # marked gpu_aot: the README's test commands run these apart
   return pytest.mark.gpu_aot(_no_cuda_plugin(test))
+
+
 MESH = "data:2,fsdp:2,tensor:2"  # a mesh of the golden sharding table, on 8 chips
 TINY = ["--preset=tiny", f"--mesh={MESH}", "--batch_size=8", "--seq_len=128", "--steps=10"]
 
